@@ -1,0 +1,123 @@
+"""Fixed-point requantization with gemmlowp / TFLite reference semantics.
+
+A real multiplier ``M > 0`` is stored as ``(m0, shift)`` with ``m0`` an int32 in
+``[2^30, 2^31)`` and ``M ~= m0 * 2^(shift - 31)``. Applying it to an int32 value is a
+saturating rounding doubling high multiply followed by a rounding right shift
+(round half away from zero), exactly as ``MultiplyByQuantizedMultiplier`` in TFLite.
+All arithmetic is int64 numpy, so results do not depend on the machine.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Return ``(m0, shift)`` with ``real ~= m0 * 2**(shift - 31)``; ``(0, 0)`` for zero."""
+    if real < 0 or not math.isfinite(real):
+        raise ValueError(f"multiplier must be finite and >= 0, got {real}")
+    if real == 0.0:
+        return 0, 0
+    mantissa, shift = math.frexp(real)  # real = mantissa * 2**shift, mantissa in [0.5, 1)
+    m0 = round(mantissa * (1 << 31))
+    if m0 == (1 << 31):  # mantissa rounded up to 1.0
+        m0 //= 2
+        shift += 1
+    if shift < -31:  # too small to represent: flushes to zero like TFLite
+        return 0, 0
+    if shift > 30:
+        raise ValueError(f"multiplier {real} is too large for the fixed-point format")
+    return int(m0), int(shift)
+
+
+def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorized :func:`quantize_multiplier`: int32 arrays ``m0`` and ``shift``."""
+    pairs = [quantize_multiplier(float(r)) for r in np.asarray(reals, dtype=np.float64).ravel()]
+    m0 = np.array([p[0] for p in pairs], dtype=np.int32).reshape(np.shape(reals))
+    shift = np.array([p[1] for p in pairs], dtype=np.int32).reshape(np.shape(reals))
+    return m0, shift
+
+
+def _trunc_shift31(x: np.ndarray) -> np.ndarray:
+    """Integer division by 2**31 truncating toward zero (C semantics)."""
+    return np.where(x >= 0, x >> 31, -((-x) >> 31))
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values (returned as int64)."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ab = a * b
+    nudge = np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    out = _trunc_shift31(ab + nudge)
+    overflow = (a == INT32_MIN) & (b == INT32_MIN)
+    return np.where(overflow, np.int64(INT32_MAX), out)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2**exponent, rounding half away from zero."""
+    x = np.asarray(x, dtype=np.int64)
+    exponent = np.asarray(exponent, dtype=np.int64)
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> exponent) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier: ``round(x * m0 * 2**(shift-31))`` in int64.
+
+    ``x`` must hold int32 values; ``m0``/``shift`` broadcast against it (per channel).
+    Computes the same bits as :func:`saturating_rounding_doubling_high_mul` followed by
+    :func:`rounding_divide_by_pot`, with fewer passes: for int32 operands the nudged,
+    truncating high multiply equals ``floor((x*m0 + 2^30) / 2^31)`` (round half up),
+    and the only saturating case (both INT32_MIN) cannot occur since m0 >= 0.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    m0 = np.asarray(m0, dtype=np.int64)
+    if shift.ndim == 0 and int(shift) <= 0:
+        high = (x * m0 + (1 << 30)) >> 31
+        exponent = -int(shift)
+        if exponent == 0:
+            return high
+        mask = (1 << exponent) - 1
+        return (high >> exponent) + ((high & mask) > ((mask >> 1) + (high < 0)))
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    scaled = x << left
+    if np.any(left):
+        scaled = np.clip(scaled, INT32_MIN, INT32_MAX)
+    high = (scaled * m0 + (1 << 30)) >> 31
+    mask = (np.int64(1) << right) - 1
+    return (high >> right) + ((high & mask) > ((mask >> 1) + (high < 0)))
+
+
+def multiply_by_quantized_multiplier_reference(x: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """The gemmlowp composition, step by step (the definition the fast path is tested against)."""
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    scaled = np.clip(x << left, INT32_MIN, INT32_MAX)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, m0), right)
+
+
+def round_half_away_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Integer ``num / den`` (den > 0) rounded half away from zero."""
+    num = np.asarray(num, dtype=np.int64)
+    den = np.asarray(den, dtype=np.int64)
+    mag = (np.abs(num) * 2 + den) // (2 * den)
+    return np.where(num < 0, -mag, mag)
+
+
+def requantize(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, zero_point: int,
+               qmin: int = -128, qmax: int = 127) -> tuple[np.ndarray, int]:
+    """int32 accumulator -> int8 output; returns (values, number of saturated elements)."""
+    y = multiply_by_quantized_multiplier(acc, m0, shift) + zero_point
+    saturated = int(np.count_nonzero((y < qmin) | (y > qmax)))
+    return np.clip(y, qmin, qmax).astype(np.int8), saturated

@@ -1,0 +1,84 @@
+"""model.bin: a 64-byte header (magic, format version, payload length, sha256) + Program.
+
+The layout is documented in ``proto/model.proto``. Saving writes a temporary file and
+renames it, so an interrupted compile never leaves a half-written model.bin.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from qverify.simulator.errors import ModelFormatError
+from qverify.v1 import model_pb2
+
+MAGIC = b"QVFYMDL\0"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sII Q 32s 8s")  # magic, version, reserved, length, sha256, reserved
+assert HEADER.size == 64
+
+
+def encode(program: model_pb2.Program) -> bytes:
+    payload = program.SerializeToString(deterministic=True)
+    header = HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload), hashlib.sha256(payload).digest(), b"\0" * 8)
+    return header + payload
+
+
+def decode(data: bytes, source: str = "model.bin") -> model_pb2.Program:
+    """Parse model.bin bytes; every failure is a ModelFormatError naming ``source``."""
+    if len(data) < HEADER.size:
+        raise ModelFormatError(f"{source}: file is {len(data)} bytes, too short to be a qverify model; "
+                               "recompile it with 'qverify compile'")
+    magic, version, _, length, digest, _ = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ModelFormatError(f"{source}: not a qverify model (bad magic {magic[:7]!r}); "
+                               "pass a model.bin written by 'qverify compile'")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(f"{source}: model format version {version}, this qverify reads version "
+                               f"{FORMAT_VERSION}; recompile the model with this qverify")
+    payload = data[HEADER.size:]
+    if len(payload) != length:
+        raise ModelFormatError(f"{source}: truncated or padded: header says {length} payload bytes, "
+                               f"file has {len(payload)}; copy the file again or recompile")
+    if hashlib.sha256(payload).digest() != digest:
+        raise ModelFormatError(f"{source}: payload sha256 does not match the header (corrupt file); "
+                               "copy the file again or recompile")
+    program = model_pb2.Program()
+    try:
+        program.ParseFromString(payload)
+    except DecodeError as exc:
+        raise ModelFormatError(f"{source}: payload is not a valid program ({exc}); recompile") from None
+    return program
+
+
+def save(program: model_pb2.Program, path: str | os.PathLike) -> str:
+    """Write model.bin atomically; returns the sha256 hex of the whole file."""
+    data = encode(program)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def load(path: str | os.PathLike) -> model_pb2.Program:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{path}: is a directory, expected a model.bin file") from None
+    except PermissionError:
+        raise ModelFormatError(f"{path}: permission denied") from None
+    return decode(data, str(path))

@@ -1,0 +1,67 @@
+"""Conv on the integer path: exact int32 accumulation, bias, per-channel requantization.
+
+Constants: weight int8 (OC, IC/group, KH, KW), bias int32 (OC), m0 int32 (OC), shift int32 (OC).
+Attrs: x_zp, y_zp, qmin, qmax, group, strides (2), pads (t, l, b, r), dilations (2),
+w_zp (weight zero point, 0 for symmetric weights), output_int32 (1: return the raw int32
+accumulator, ConvInteger).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from qverify.simulator.gemm import exact_matmul
+from qverify.simulator.ops._common import as_2d_spatial, centered, requant, saturate_int32
+from qverify.simulator.ops.registry import register
+
+
+def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
+                    max_abs_x: int = 255, w_zp: int = 0) -> np.ndarray:
+    """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights -> int64."""
+    n, c, h, wd = xc.shape
+    oc, icg, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    eff_h, eff_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    oh, ow = (h - eff_h) // sh + 1, (wd - eff_w) // sw + 1
+    wf = centered(w, w_zp)
+    max_abs_w = 128 + abs(w_zp)
+    if group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24):
+        # Depthwise: one multiply-add per tap; every partial sum stays exact in float32.
+        acc = np.zeros((n, c, oh, ow), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+                acc += tap * wf[None, :, 0, i, j, None, None]
+        return acc.astype(np.int64)
+    out = np.empty((n, oc, oh * ow), dtype=np.int64)
+    ocg = oc // group
+    for g in range(group):
+        xg = xc[:, g * icg:(g + 1) * icg]
+        if kh == kw == 1 and sh == sw == 1:
+            cols = xg.reshape(n, icg, h * wd)
+        else:
+            win = sliding_window_view(xg, (eff_h, eff_w), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+            cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, icg * kh * kw, oh * ow)
+        wg = wf[g * ocg:(g + 1) * ocg].reshape(ocg, icg * kh * kw)
+        out[:, g * ocg:(g + 1) * ocg] = exact_matmul(wg, cols, max_abs_a=max_abs_w, max_abs_b=max_abs_x)
+    return out.reshape(n, oc, oh, ow)
+
+
+@register("Conv")
+def conv(node, inputs, stats):
+    a = node.attrs
+    x, squeeze = as_2d_spatial(inputs[0])
+    w, bias, m0, shift = node.consts
+    if w.ndim == 3:
+        w = w[:, :, None, :]
+    pt, pl, pb, pr = a["pads"]
+    xc = np.pad(centered(x, a["x_zp"]), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    acc = conv_accumulate(xc, w, a["group"], a["strides"], a["dilations"], w_zp=a.get("w_zp", 0))
+    acc += bias.astype(np.int64)[None, :, None, None]
+    if a.get("output_int32"):
+        y = saturate_int32(acc, stats).astype(np.int32)
+    else:
+        y = requant(acc, m0[None, :, None, None], shift[None, :, None, None], a["y_zp"], stats,
+                    a["qmin"], a["qmax"])
+    return [y[:, :, 0, :] if squeeze else y]

@@ -1,0 +1,24 @@
+"""MatMul / Gemm with constant weights on the integer path.
+
+Constants: weight int8 (K, N), bias int32 (N), m0 int32 (N), shift int32 (N).
+Attrs: x_zp, w_zp (0 for symmetric weights), y_zp, qmin, qmax, output_int32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qverify.simulator.gemm import exact_matmul
+from qverify.simulator.ops._common import centered, requant, saturate_int32
+from qverify.simulator.ops.registry import register
+
+
+@register("MatMul")
+def matmul(node, inputs, stats):
+    a = node.attrs
+    w, bias, m0, shift = node.consts
+    w_zp = a.get("w_zp", 0)
+    acc = exact_matmul(centered(inputs[0], a["x_zp"]), centered(w, w_zp), 255, 128 + abs(w_zp))
+    acc += bias.astype(np.int64)
+    if a.get("output_int32"):
+        return [saturate_int32(acc, stats).astype(np.int32)]
+    return [requant(acc, m0, shift, a["y_zp"], stats, a["qmin"], a["qmax"])]

@@ -1,0 +1,140 @@
+"""A loaded program: the protobuf Program with constants decoded to numpy arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qverify.simulator import targets
+from qverify.simulator.errors import ModelFormatError
+from qverify.v1 import model_pb2
+
+DTYPES: dict[int, np.dtype] = {
+    model_pb2.INT8: np.dtype(np.int8),
+    model_pb2.UINT8: np.dtype(np.uint8),
+    model_pb2.INT16: np.dtype(np.int16),
+    model_pb2.INT32: np.dtype(np.int32),
+    model_pb2.INT64: np.dtype(np.int64),
+    model_pb2.FLOAT32: np.dtype(np.float32),
+}
+PROTO_DTYPES = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_of(code: int) -> np.dtype:
+    try:
+        return DTYPES[code]
+    except KeyError:
+        raise ModelFormatError(f"unknown data type code {code} in model") from None
+
+
+def proto_dtype(dtype: np.dtype) -> int:
+    return PROTO_DTYPES[np.dtype(dtype)]
+
+
+def attr_value(attr: model_pb2.Attribute) -> Any:
+    kind = attr.WhichOneof("value")
+    if kind == "ints":
+        return list(attr.ints.values)
+    if kind == "floats":
+        return list(attr.floats.values)
+    return getattr(attr, kind) if kind else None
+
+
+def make_attr(value: Any) -> model_pb2.Attribute:
+    if isinstance(value, (bool, int, np.integer)):
+        return model_pb2.Attribute(i=int(value))
+    if isinstance(value, (float, np.floating)):
+        return model_pb2.Attribute(f=float(value))
+    if isinstance(value, str):
+        return model_pb2.Attribute(s=value)
+    values = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value)
+    if all(isinstance(v, (bool, int, np.integer)) for v in values):
+        return model_pb2.Attribute(ints=model_pb2.IntList(values=[int(v) for v in values]))
+    return model_pb2.Attribute(floats=model_pb2.FloatList(values=[float(v) for v in values]))
+
+
+def make_constant(name: str, array: np.ndarray) -> model_pb2.Constant:
+    array = np.ascontiguousarray(array)
+    return model_pb2.Constant(name=name, dtype=proto_dtype(array.dtype), shape=list(array.shape),
+                              data=array.astype(array.dtype.newbyteorder("<")).tobytes())
+
+
+@dataclass
+class NodeView:
+    """A program node as kernels see it: attrs as Python values, constants as arrays."""
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    consts: list[np.ndarray]
+    placement: int
+    onnx_op: str
+    onnx_nodes: list[str]
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.placement == model_pb2.CPU
+
+
+@dataclass
+class TensorView:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    info: model_pb2.TensorInfo
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype == np.int8
+
+
+class Program:
+    """Decoded program, ready to execute. Construction validates the structure."""
+
+    def __init__(self, proto: model_pb2.Program) -> None:
+        self.proto = proto
+        self.target = targets.from_proto(proto.target)
+        self.constants: dict[str, np.ndarray] = {}
+        for const in proto.constants:
+            dtype = dtype_of(const.dtype)
+            count = int(np.prod(const.shape)) if len(const.shape) else 1
+            if len(const.data) != count * dtype.itemsize:
+                raise ModelFormatError(f"constant '{const.name}' holds {len(const.data)} bytes, "
+                                       f"its shape {list(const.shape)} needs {count * dtype.itemsize}")
+            array = np.frombuffer(const.data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(tuple(const.shape))
+            array.setflags(write=False)
+            self.constants[const.name] = array
+        self.tensors: dict[str, TensorView] = {}
+        for info in proto.tensors:
+            self.tensors[info.name] = TensorView(
+                info.name, dtype_of(info.dtype), tuple(int(d) for d in info.shape),
+                float(info.quant.scale), int(info.quant.zero_point), info)
+        self.nodes: list[NodeView] = []
+        known = set(self.tensors) | set(self.constants)
+        for node in proto.nodes:
+            for name in list(node.inputs) + list(node.constants):
+                if name and name not in known:
+                    raise ModelFormatError(f"node '{node.name}' reads unknown tensor '{name}'")
+            for name in node.outputs:
+                if name not in self.tensors:
+                    raise ModelFormatError(f"node '{node.name}' writes undeclared tensor '{name}'")
+            self.nodes.append(NodeView(
+                node.name, node.op, list(node.inputs), list(node.outputs),
+                {k: attr_value(v) for k, v in node.attrs.items()},
+                [self.constants[c] for c in node.constants], node.placement,
+                node.onnx_op or node.op, list(node.onnx_nodes)))
+        for name in list(proto.inputs) + list(proto.outputs):
+            if name not in self.tensors:
+                raise ModelFormatError(f"program input/output '{name}' is not a declared tensor")
+        self.inputs = [self.tensors[n] for n in proto.inputs]
+        self.outputs = [self.tensors[n] for n in proto.outputs]
+        self.preprocess = {p.input: p for p in proto.preprocess}
+
+    @property
+    def name(self) -> str:
+        return self.proto.name
