@@ -33,7 +33,9 @@ def get_target(name: str) -> TargetProfile:
         return TARGETS[name]
     except KeyError:
         known = ", ".join(sorted(TARGETS))
-        raise ValueError(f"unknown target '{name}'; known targets: {known}") from None
+        from qverify.simulator.errors import CompileError
+
+        raise CompileError(f"unknown target '{name}'; known targets: {known}") from None
 
 
 def from_proto(target: model_pb2.Target) -> TargetProfile:

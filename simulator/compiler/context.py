@@ -235,4 +235,5 @@ class Lowering:
         attrs = attrs_of(node)
         attrs = {k: v for k, v in attrs.items() if not isinstance(v, np.ndarray)}
         attrs["_opset"] = self.graph.opset
+        attrs["_num_outputs"] = len(node.output)
         self.emit(node.op_type, node, inputs, outputs, attrs=attrs, placement=model_pb2.CPU)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from qverify.simulator.compiler.context import CPU_HINT, Lowering, QConst, QValue
+from qverify.simulator.compiler.context import CPU_HINT, FValue, Lowering, QConst, QValue
 from qverify.simulator.compiler.graph import attrs_of
 from qverify.simulator.errors import CompileError
 from qverify.simulator.fixedpoint import quantize_multipliers
@@ -169,15 +169,18 @@ def lower_matmul(ctx: Lowering, node: onnx.NodeProto) -> bool:
                  {"a_zp": x.zp, "b_zp": w_value.zp, "y_zp": y.zp, "m0": int(m0[0]), "shift": int(shift[0]),
                   "qmin": -128, "qmax": 127})
         return True
-    if not isinstance(w_value, QConst) or w_value.values.ndim != 2:
+    # Constant weights: (K, N), or batched (..., K, N) for MatMul.
+    if not isinstance(w_value, QConst) or w_value.values.ndim < 2 or (node.op_type == "Gemm"
+                                                                       and w_value.values.ndim != 2):
         return False
     trans_b = attrs.get("transB", 0)
     values = w_value.values.T if trans_b else w_value.values
-    n = values.shape[1]
+    n = values.shape[-1]
     axis = w_value.axis
     if axis is not None and trans_b:
         axis = 1 - (axis % 2)
-    w, w_scale, w_zp = _weights(ctx, node, QConst(values, w_value.scale, w_value.zp, axis, False), n, 1)
+    w, w_scale, w_zp = _weights(ctx, node, QConst(values, w_value.scale, w_value.zp, axis, False), n,
+                                values.ndim - 1)
     acc_scale = np.float64(x.scale) * w_scale
     bias_name = node.input[2] if len(node.input) > 2 else ""
     beta = float(attrs.get("beta", 1.0))
@@ -191,54 +194,67 @@ def lower_matmul(ctx: Lowering, node: onnx.NodeProto) -> bool:
     return True
 
 
-def _int_operand(ctx: Lowering, node: onnx.NodeProto, index: int):
-    """Raw 8-bit operand of ConvInteger/MatMulInteger: (program tensor or constant array, int8-domain zp)."""
+def _int_operand(ctx: Lowering, node: onnx.NodeProto, index: int, channels: int = 1):
+    """Raw 8-bit operand of ConvInteger/MatMulInteger: (program tensor or constant array, int8-domain zp).
+
+    The zero point is an int, or a list of ``channels`` ints for a per-output-channel weight
+    zero point (``channels`` > 1 only for the constant weight operand).
+    """
     name = node.input[index]
     zp_name = node.input[index + 2] if len(node.input) > index + 2 else ""
+    if zp_name and zp_name not in ctx.graph.consts:
+        raise CompileError("zero points of ConvInteger/MatMulInteger must be constants", node=node.name,
+                           op=node.op_type)
     zp_raw = np.asarray(ctx.graph.consts[zp_name]) if zp_name else np.zeros((), np.uint8)
     value = ctx.value(name, node)
     elem = ctx.graph.elem_types.get(name)
     unsigned = (elem == onnx.TensorProto.UINT8) if elem else np.asarray(value).dtype == np.uint8
-    zp = zp_raw.astype(np.int32) - (128 if unsigned else 0)
-    if zp.size != 1:
-        raise CompileError("per-channel zero points are not supported here", node=node.name, op=node.op_type)
-    return value, int(zp.reshape(-1)[0]), unsigned
+    zp = zp_raw.astype(np.int32).reshape(-1) - (128 if unsigned else 0)
+    if zp.size == 1 or (zp.size > 1 and np.all(zp == zp[0])):
+        return value, int(zp[0]), unsigned
+    if zp.size != channels or channels == 1:
+        raise CompileError("per-channel zero points are supported only on the weights, one per output channel",
+                           node=node.name, op=node.op_type)
+    return value, [int(z) for z in zp], unsigned
 
 
 def lower_integer(ctx: Lowering, node: onnx.NodeProto) -> bool:
     """ConvInteger / MatMulInteger: int32 outputs, no requantization."""
     x, x_zp, _ = _int_operand(ctx, node, 0)
-    w, w_zp, w_unsigned = _int_operand(ctx, node, 1)
     if not isinstance(x, QValue):
+        return False
+    w_raw = ctx.value(node.input[1], node)
+    const_w = not isinstance(w_raw, (QValue, QConst))
+    if node.op_type == "MatMulInteger":
+        if const_w and np.ndim(w_raw) < 2:
+            return False
+        channels = np.shape(w_raw)[-1] if const_w else 1
+    else:
+        if not const_w:
+            return False
+        channels = np.shape(w_raw)[0]
+    w, w_zp, w_unsigned = _int_operand(ctx, node, 1, channels)
+    if isinstance(w, QConst):
         return False
     out = node.output[0]
     ctx.add_tensor(out, np.int32, ctx.shape(out))
-    from qverify.simulator.compiler.context import FValue
     ctx.values[out] = FValue(out)
-    if isinstance(w, QValue) and node.op_type == "MatMulInteger":
+    if isinstance(w, QValue):  # MatMulInteger of two activations
         ctx.emit("MatMulAct", node, [x.name, w.name], [out], [],
                  {"a_zp": x_zp, "b_zp": w_zp, "y_zp": 0, "m0": 0, "shift": 0, "qmin": 0, "qmax": 0,
                   "output_int32": 1})
         return True
-    if isinstance(w, (QValue, QConst)):
-        return False
-    w = np.asarray(w).astype(np.int32) - (128 if w_unsigned else 0)
-    w = w.astype(np.int8)
+    w = (np.asarray(w).astype(np.int32) - (128 if w_unsigned else 0)).astype(np.int8)
+    zeros = np.zeros(channels, np.int32)
+    consts = [ctx.add_const(f"{out}/weight", w), ctx.add_const(f"{out}/bias", zeros),
+              ctx.add_const(f"{out}/m0", zeros), ctx.add_const(f"{out}/shift", zeros)]
     if node.op_type == "MatMulInteger":
-        if w.ndim != 2:
-            return False
-        n = w.shape[1]
-        zeros = np.zeros(n, np.int32)
-        ctx.emit("MatMul", node, [x.name], [out], [ctx.add_const(f"{out}/weight", w), ctx.add_const(f"{out}/bias", zeros),
-                                                  ctx.add_const(f"{out}/m0", zeros), ctx.add_const(f"{out}/shift", zeros)],
+        ctx.emit("MatMul", node, [x.name], [out], consts,
                  {"x_zp": x_zp, "w_zp": w_zp, "y_zp": 0, "qmin": 0, "qmax": 0, "output_int32": 1})
         return True
     attrs = attrs_of(node)
-    oc = w.shape[0]
-    zeros = np.zeros(oc, np.int32)
     spatial = _spatial(attrs, ctx.shape(node.input[0]), w.shape[2:], node)
-    ctx.emit("Conv", node, [x.name], [out], [ctx.add_const(f"{out}/weight", w), ctx.add_const(f"{out}/bias", zeros),
-                                            ctx.add_const(f"{out}/m0", zeros), ctx.add_const(f"{out}/shift", zeros)],
+    ctx.emit("Conv", node, [x.name], [out], consts,
              {"x_zp": x_zp, "w_zp": w_zp, "y_zp": 0, "qmin": 0, "qmax": 0, "group": attrs.get("group", 1),
               "output_int32": 1, **spatial})
     return True

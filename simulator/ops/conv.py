@@ -2,7 +2,8 @@
 
 Constants: weight int8 (OC, IC/group, KH, KW), bias int32 (OC), m0 int32 (OC), shift int32 (OC).
 Attrs: x_zp, y_zp, qmin, qmax, group, strides (2), pads (t, l, b, r), dilations (2),
-w_zp (weight zero point, 0 for symmetric weights), output_int32 (1: return the raw int32
+w_zp (weight zero point, 0 for symmetric weights; a list of OC values for ConvInteger with
+per-channel zero points), output_int32 (1: return the raw int32
 accumulator, ConvInteger).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from qverify.simulator.ops.registry import register
 
 
 def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
-                    max_abs_x: int = 255, w_zp: int = 0) -> np.ndarray:
+                    max_abs_x: int = 255, w_zp: int | list[int] = 0) -> np.ndarray:
     """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights -> int64."""
     n, c, h, wd = xc.shape
     oc, icg, kh, kw = w.shape
@@ -24,8 +25,13 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
     dh, dw = dilations
     eff_h, eff_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     oh, ow = (h - eff_h) // sh + 1, (wd - eff_w) // sw + 1
-    wf = centered(w, w_zp)
-    max_abs_w = 128 + abs(w_zp)
+    if np.ndim(w_zp):  # one zero point per output channel (ConvInteger)
+        w_zp = np.asarray(w_zp, dtype=np.int64)
+        wf = w.astype(np.float32) - w_zp.astype(np.float32).reshape(-1, 1, 1, 1)
+        max_abs_w = 128 + int(np.abs(w_zp).max())
+    else:
+        wf = centered(w, w_zp)
+        max_abs_w = 128 + abs(w_zp)
     if group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24):
         # Depthwise: one multiply-add per tap; every partial sum stays exact in float32.
         acc = np.zeros((n, c, oh, ow), dtype=np.float32)

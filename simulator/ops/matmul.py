@@ -1,7 +1,8 @@
 """MatMul / Gemm with constant weights on the integer path.
 
-Constants: weight int8 (K, N), bias int32 (N), m0 int32 (N), shift int32 (N).
-Attrs: x_zp, w_zp (0 for symmetric weights), y_zp, qmin, qmax, output_int32.
+Constants: weight int8 (K, N) or batched (..., K, N), bias int32 (N), m0 int32 (N), shift int32 (N).
+Attrs: x_zp, w_zp (0 for symmetric weights; a list of N values for MatMulInteger with
+per-column zero points), y_zp, qmin, qmax, output_int32.
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ def matmul(node, inputs, stats):
     a = node.attrs
     w, bias, m0, shift = node.consts
     w_zp = a.get("w_zp", 0)
-    acc = exact_matmul(centered(inputs[0], a["x_zp"]), centered(w, w_zp), 255, 128 + abs(w_zp))
+    if np.ndim(w_zp):  # one zero point per output column (MatMulInteger)
+        w_zp = np.asarray(w_zp, dtype=np.int64)
+        wf = w.astype(np.float32) - w_zp.astype(np.float32)
+    else:
+        wf = centered(w, w_zp)
+    acc = exact_matmul(centered(inputs[0], a["x_zp"]), wf, 255, 128 + int(np.abs(w_zp).max()))
     acc += bias.astype(np.int64)
     if a.get("output_int32"):
         return [saturate_int32(acc, stats).astype(np.int32)]

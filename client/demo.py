@@ -1,0 +1,76 @@
+"""The end-to-end demo: quantize a real model, compile it, run it on the simulator with
+real images, and report agreement with onnxruntime on the same quantized model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qverify.client import zoo
+from qverify.client.compare import TensorComparison, compare
+
+
+@dataclass
+class DemoImageResult:
+    image: int
+    comparison: TensorComparison
+    sim_class: int
+    ort_class: int
+
+
+@dataclass
+class DemoResult:
+    model: str
+    quant_onnx: Path
+    model_bin: Path
+    sha256: str
+    layers: int
+    cpu_layers: int
+    images: list[DemoImageResult] = field(default_factory=list)
+    sim_seconds: float = 0.0
+    ort_seconds: float = 0.0
+
+    @property
+    def classes_agree(self) -> bool:
+        return all(r.sim_class == r.ort_class for r in self.images)
+
+
+def run_demo(key: str, workdir: Path, image_count: int = 8, digits: int = 2, progress=None) -> DemoResult:
+    import time
+
+    import onnxruntime as ort
+
+    from qverify.simulator import Simulator, dequantize, load, save
+    from qverify.simulator.compiler import PreprocessSpec, compile_model
+
+    spec = zoo.MODELS[key]
+    say = progress or (lambda message: None)
+    say(f"quantizing {spec.filename} (QDQ, uint8 activations, per-channel int8 weights) on real images")
+    quant = zoo.quantize(key, workdir, "QDQ", "QUInt8", per_channel=True)
+    say(f"compiling {quant.name} with embedded {spec.color} preprocessing")
+    program = compile_model(quant, input_shapes={spec.input_name: list(spec.input_shape)},
+                            preprocess=PreprocessSpec.parse(spec.preprocess_spec), name=key)
+    model_bin = workdir / f"{key}.model.bin"
+    digest = save(program, model_bin)
+    loaded = load(model_bin)
+    sim = Simulator(loaded)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(quant), options, providers=["CPUExecutionProvider"])
+    out = loaded.outputs[0]
+    result = DemoResult(key, quant, model_bin, digest, len(loaded.nodes), sum(n.on_cpu for n in loaded.nodes))
+    say(f"running {image_count} real images on the simulator and on onnxruntime")
+    for index, image in enumerate(zoo.model_images(key, image_count)):
+        t0 = time.perf_counter()
+        run = sim.run({loaded.inputs[0].name: image})
+        t1 = time.perf_counter()
+        reference = session.run(None, {spec.input_name: zoo.normalize(key, image)})[0]
+        t2 = time.perf_counter()
+        result.sim_seconds += t1 - t0
+        result.ort_seconds += t2 - t1
+        board = run.outputs[out.name]
+        board = dequantize(board, out.scale, out.zero_point) if out.quantized else board
+        cmp = compare(out.name, board, reference, out.scale if out.quantized else None, digits)
+        result.images.append(DemoImageResult(index, cmp, int(np.argmax(board)), int(np.argmax(reference))))
+    return result

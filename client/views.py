@@ -1,0 +1,131 @@
+"""Terminal rendering (rich) of compile results, model info and the demo."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from qverify.v1 import model_pb2
+
+_console = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+
+def progress_line(message: str) -> None:
+    _err.print(f"[dim]… {message}[/dim]")
+
+
+def _dtype(program, name: str) -> str:
+    return str(program.tensors[name].dtype)
+
+
+def tensor_summary(info: model_pb2.TensorInfo) -> dict:
+    out = {"name": info.name, "dtype": model_pb2.DataType.Name(info.dtype).lower(), "shape": list(info.shape),
+           "aligned_layout": info.aligned_layout, "aligned_shape": list(info.aligned_shape),
+           "aligned_strides": list(info.aligned_strides), "producer": info.producer}
+    if info.dtype == model_pb2.INT8:
+        out["scale"] = info.quant.scale
+        out["zero_point"] = info.quant.zero_point
+        out["onnx_dtype"] = "uint8" if info.onnx_dtype == 2 else "int8"
+    if info.onnx_float_name:
+        out["onnx_float_name"] = info.onnx_float_name
+    return out
+
+
+def program_summary(program, path: Path) -> dict:
+    """The JSON view of ``qverify info``."""
+    from qverify.simulator import feed_shape
+
+    proto = program.proto
+    tensors = {t.name: t for t in proto.tensors}
+    return {
+        "file": str(path), "name": proto.name, "target": {"name": program.target.name,
+                                                          "c_align": program.target.c_align,
+                                                          "w_align": program.target.w_align},
+        "source_format": proto.source_format, "source_sha256": proto.source_sha256,
+        "compiler_version": proto.compiler_version,
+        "inputs": [{**tensor_summary(tensors[t.name]), "onnx_input": o, "feed_shape": list(feed_shape(t))}
+                   for t, o in zip(program.inputs, proto.onnx_inputs)],
+        "outputs": [{**tensor_summary(tensors[t.name]), "onnx_output": o}
+                    for t, o in zip(program.outputs, proto.onnx_outputs)],
+        "preprocess": [{"input": p.input, "color": p.color, "model_color": p.model_color, "mean": list(p.mean),
+                        "std": list(p.std), "image_shape": list(p.image_shape)} for p in proto.preprocess],
+        "layers": [{"name": n.name, "op": n.op, "onnx_op": n.onnx_op, "placement": "cpu" if n.on_cpu else "npu",
+                    "inputs": n.inputs, "outputs": [tensor_summary(tensors[o]) for o in n.outputs]}
+                   for n in program.nodes],
+    }
+
+
+def _shape(info: model_pb2.TensorInfo) -> str:
+    return "x".join(map(str, info.shape)) or "scalar"
+
+
+def _quant(info: model_pb2.TensorInfo) -> str:
+    if info.dtype != model_pb2.INT8:
+        return model_pb2.DataType.Name(info.dtype).lower()
+    return f"s={info.quant.scale:.4g} zp={info.quant.zero_point}"
+
+
+def print_info(program, path: Path) -> None:
+    summary = program_summary(program, path)
+    proto = program.proto
+    tensors = {t.name: t for t in proto.tensors}
+    _console.print(f"[bold]{path}[/bold]  model '{proto.name}'  target {program.target.name} "
+                   f"(NHWC, C%{program.target.c_align}, W%{program.target.w_align})  from {proto.source_format} "
+                   f"ONNX sha256 {proto.source_sha256[:12]}…")
+    io = Table(title="inputs and outputs", show_lines=False)
+    for col in ("", "name", "board feed", "logical", "quant", "ONNX tensor"):
+        io.add_column(col)
+    for item in summary["inputs"]:
+        io.add_row("in", item["name"], f"{item['dtype']}[{','.join(map(str, item['feed_shape']))}]",
+                   _shape(tensors[item["name"]]), _quant(tensors[item["name"]]), item["onnx_input"])
+    for item in summary["outputs"]:
+        info = tensors[item["name"]]
+        io.add_row("out", item["name"], f"{item['dtype']}[{','.join(map(str, info.shape))}]", _shape(info),
+                   _quant(info), item["onnx_output"])
+    _console.print(io)
+    for pre in summary["preprocess"]:
+        _console.print(f"preprocess: board takes uint8 {pre['color']} NHWC {pre['image_shape']}, model channels "
+                       f"{pre['model_color']}, mean {pre['mean']}, std {pre['std']}")
+    layers = Table(title=f"layers ({len(program.nodes)}, {sum(n.on_cpu for n in program.nodes)} on cpu)")
+    for col in ("#", "node", "op", "onnx op", "on", "output", "logical", "aligned", "quant"):
+        layers.add_column(col, overflow="fold")
+    for index, node in enumerate(program.nodes):
+        for k, out in enumerate(node.outputs):
+            info = tensors[out]
+            layers.add_row(str(index) if k == 0 else "", node.name if k == 0 else "", node.op if k == 0 else "",
+                           node.onnx_op if k == 0 else "", ("cpu" if node.on_cpu else "npu") if k == 0 else "",
+                           out, _shape(info), f"{info.aligned_layout} " + "x".join(map(str, info.aligned_shape)),
+                           _quant(info))
+    _console.print(layers)
+
+
+def print_compile_summary(program, path: Path, digest: str) -> None:
+    cpu = [n.name for n in program.nodes if n.on_cpu]
+    _console.print(f"wrote {path} ({path.stat().st_size} bytes, sha256 {digest[:16]}…): {len(program.nodes)} layers, "
+                   f"{len(cpu)} on cpu, target {program.target.name}")
+    if cpu:
+        _console.print("on cpu (float32): " + ", ".join(cpu[:10]) + (" …" if len(cpu) > 10 else ""))
+
+
+def print_demo(result) -> None:
+    table = Table(title=f"{result.model}: simulator (integer, embedded preprocessing) vs onnxruntime (quant.onnx)")
+    for col in ("image", f"max |diff|", f"within 1e-{result.images[0].comparison.digits}", "exact LSB", "±1 LSB",
+                ">1 LSB", "cosine", "class sim/ort"):
+        table.add_column(col, justify="right")
+    for r in result.images:
+        c = r.comparison
+        table.add_row(str(r.image), f"{c.max_abs_diff:.4g}", f"{c.within_digits}/{c.elements}", str(c.exact),
+                      str(c.off_by_one), str(c.beyond_one), f"{c.cosine:.6f}",
+                      f"{r.sim_class}/{r.ort_class}" + ("" if r.sim_class == r.ort_class else " ✗"))
+    _console.print(f"quantized {result.quant_onnx}\ncompiled  {result.model_bin} ({result.layers} layers, "
+                   f"{result.cpu_layers} on cpu, sha256 {result.sha256[:16]}…)")
+    _console.print(table)
+    agree = sum(r.sim_class == r.ort_class for r in result.images)
+    verdict = "PASSED" if result.classes_agree else "FAILED"
+    _console.print(f"{result.model}: simulator vs onnxruntime: {agree}/{len(result.images)} classifications "
+                   f"identical, simulator {1000 * result.sim_seconds / len(result.images):.1f} ms/image, "
+                   f"onnxruntime {1000 * result.ort_seconds / len(result.images):.1f} ms/image: {verdict}")
+    sys.stdout.flush()
