@@ -88,8 +88,8 @@ def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.nd
     shift = np.asarray(shift, dtype=np.int64)
     m0 = np.asarray(m0, dtype=np.int64)
     if x.size and int(shift.max(initial=0)) <= 0 and int(x.max()) < _FLOAT64_EXACT_X and int(x.min()) > -_FLOAT64_EXACT_X:
-        t = x.astype(np.float64)
-        t *= m0.astype(np.float64)
+        t = np.empty(np.broadcast_shapes(x.shape, m0.shape, shift.shape), dtype=np.float64)
+        np.multiply(x, m0.astype(np.float64), out=t)
         t += float(1 << 30)
         t *= 2.0 ** -31
         np.floor(t, out=t)
@@ -130,8 +130,6 @@ def round_half_away_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def requantize(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, zero_point: int,
                qmin: int = -128, qmax: int = 127) -> tuple[np.ndarray, int]:
     """int32 accumulator -> int8 output; returns (values, number of saturated elements)."""
-    y = multiply_by_quantized_multiplier(acc, m0, shift)
-    y += zero_point
+    y = multiply_by_quantized_multiplier(acc, m0, shift) + zero_point
     saturated = int(np.count_nonzero(y < qmin)) + int(np.count_nonzero(y > qmax))
-    np.clip(y, qmin, qmax, out=y)
-    return y.astype(np.int8), saturated
+    return np.clip(y, qmin, qmax).astype(np.int8), saturated

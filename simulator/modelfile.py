@@ -76,9 +76,12 @@ def load(path: str | os.PathLike) -> model_pb2.Program:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModelFormatError(f"{path}: no such file") from None
+        raise ModelFormatError(f"{path}: no such file; check the path, or compile one with "
+                               "'qverify compile quant.onnx -o model.bin'") from None
     except IsADirectoryError:
         raise ModelFormatError(f"{path}: is a directory, expected a model.bin file") from None
     except PermissionError:
-        raise ModelFormatError(f"{path}: permission denied") from None
+        raise ModelFormatError(f"{path}: permission denied; make the file readable") from None
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc}); check the path") from None
     return decode(data, str(path))

@@ -102,7 +102,11 @@ class Program:
         self.constants: dict[str, np.ndarray] = {}
         for const in proto.constants:
             dtype = dtype_of(const.dtype)
-            count = int(np.prod(const.shape)) if len(const.shape) else 1
+            if any(d < 0 for d in const.shape):
+                raise ModelFormatError(f"constant '{const.name}' has a negative dimension {list(const.shape)}")
+            count = 1
+            for d in const.shape:
+                count *= int(d)
             if len(const.data) != count * dtype.itemsize:
                 raise ModelFormatError(f"constant '{const.name}' holds {len(const.data)} bytes, "
                                        f"its shape {list(const.shape)} needs {count * dtype.itemsize}")
@@ -117,9 +121,12 @@ class Program:
         self.nodes: list[NodeView] = []
         known = set(self.tensors) | set(self.constants)
         for node in proto.nodes:
-            for name in list(node.inputs) + list(node.constants):
+            for name in node.inputs:
                 if name and name not in known:
                     raise ModelFormatError(f"node '{node.name}' reads unknown tensor '{name}'")
+            for name in node.constants:
+                if name not in self.constants:
+                    raise ModelFormatError(f"node '{node.name}' reads unknown constant '{name}'")
             for name in node.outputs:
                 if name not in self.tensors:
                     raise ModelFormatError(f"node '{node.name}' writes undeclared tensor '{name}'")
