@@ -73,6 +73,38 @@ def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
 _FLOAT64_EXACT_X = 1 << 21
 
 
+def float_factors(m0: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The multiplier as two exact float64 factors: ``m0 * 2^(left - 31)`` and ``2^-right``."""
+    shift = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    return (np.asarray(m0, dtype=np.float64) * np.exp2((left - 31).astype(np.float64)),
+            np.exp2(-right.astype(np.float64)))
+
+
+def fast_path_ok(bound: float, shift: np.ndarray) -> bool:
+    """True when |x| <= bound keeps the float64 path exact (x * 2^left < 2^21)."""
+    left = int(np.max(np.maximum(np.asarray(shift), 0), initial=0))
+    return bound * (1 << left) < _FLOAT64_EXACT_X
+
+
+def multiply_float_exact(x: np.ndarray, mult: np.ndarray, post: np.ndarray) -> np.ndarray:
+    """The float64 path: exact for |x * 2^left| < 2^21 (see :func:`fast_path_ok`).
+
+    ``x * m0 * 2^(left-31)`` has at most 52 significant bits and magnitude < 2^21, so it,
+    the +0.5 and the floor (round half up = the nudged high multiply) are exact; so is the
+    scaling by ``2^-right`` and the rounding half away from zero that follows.
+    """
+    t = np.asarray(np.multiply(x, mult, dtype=np.float64))  # 0-d stays an array for out=
+    t += 0.5
+    np.floor(t, out=t)
+    if np.any(post != 1.0):
+        t *= post
+        t += np.copysign(0.5, t)
+        np.trunc(t, out=t)
+    return t
+
+
 def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """TFLite MultiplyByQuantizedMultiplier: ``round(x * m0 * 2**(shift-31))``.
 
@@ -82,22 +114,16 @@ def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.nd
     with fewer passes: for int32 operands and m0 >= 0 the nudged, truncating high
     multiply equals ``floor((x*m0 + 2^30) / 2^31)`` (round half up), and the only
     saturating case (both INT32_MIN) cannot occur. Returns int64, or float64 holding
-    exact integers when every |x| < 2^21 (the common case, about 3x faster).
+    exact integers when the float64 path is exact for these values (about 3x faster).
     """
     x = np.asarray(x)
     shift = np.asarray(shift, dtype=np.int64)
     m0 = np.asarray(m0, dtype=np.int64)
-    if x.size and int(shift.max(initial=0)) <= 0 and int(x.max()) < _FLOAT64_EXACT_X and int(x.min()) > -_FLOAT64_EXACT_X:
-        t = np.empty(np.broadcast_shapes(x.shape, m0.shape, shift.shape), dtype=np.float64)
-        np.multiply(x, m0.astype(np.float64), out=t)
-        t += float(1 << 30)
-        t *= 2.0 ** -31
-        np.floor(t, out=t)
-        # Rounding right shift, half away from zero: t * 2^-e is exact, so is t +- 0.5.
-        t *= np.exp2(shift.astype(np.float64))
-        t += np.copysign(0.5, t)
-        np.trunc(t, out=t)
-        return t
+    if x.size and fast_path_ok(max(abs(float(x.max())), abs(float(x.min()))), shift):
+        mult, post = float_factors(m0, shift)
+        out = multiply_float_exact(x, mult, post)
+        return np.broadcast_to(out, np.broadcast_shapes(x.shape, m0.shape, shift.shape)).copy() \
+            if out.shape != np.broadcast_shapes(x.shape, m0.shape, shift.shape) else out
     x = x.astype(np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
@@ -131,5 +157,15 @@ def requantize(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, zero_point: i
                qmin: int = -128, qmax: int = 127) -> tuple[np.ndarray, int]:
     """int32 accumulator -> int8 output; returns (values, number of saturated elements)."""
     y = multiply_by_quantized_multiplier(acc, m0, shift) + zero_point
-    saturated = int(np.count_nonzero(y < qmin)) + int(np.count_nonzero(y > qmax))
-    return np.clip(y, qmin, qmax).astype(np.int8), saturated
+    return clamp_to_int8(y, qmin, qmax)
+
+
+def clamp_to_int8(y: np.ndarray, qmin: int = -128, qmax: int = 127) -> tuple[np.ndarray, int]:
+    """Clamp integer-valued ``y`` to [qmin, qmax] as int8; returns (values, saturated count)."""
+    if y.size == 0:
+        return y.astype(np.int8), 0
+    saturated = 0
+    if y.min() < qmin or y.max() > qmax:
+        saturated = int(np.count_nonzero(y < qmin)) + int(np.count_nonzero(y > qmax))
+        y = np.clip(y, qmin, qmax)
+    return y.astype(np.int8), saturated

@@ -20,10 +20,12 @@ def chunk_size(max_abs_a: int, max_abs_b: int) -> int:
     return max(1, _FLOAT32_EXACT // per_product)
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray, max_abs_a: int = 255, max_abs_b: int = 128) -> np.ndarray:
+def exact_matmul(a: np.ndarray, b: np.ndarray, max_abs_a: int = 255, max_abs_b: int = 128,
+                 out_dtype: type = np.int64) -> np.ndarray:
     """Exact ``a @ b`` for integer matrices with |a| <= max_abs_a and |b| <= max_abs_b.
 
-    ``a`` is (..., M, K), ``b`` is (K, N) or (..., K, N); returns int64.
+    ``a`` is (..., M, K), ``b`` is (K, N) or (..., K, N); returns ``out_dtype`` (int64, or
+    float64 holding the exact integers, which is exact while |a @ b| < 2^53).
     Accepts integer or already-float32 inputs holding integer values.
     """
     k = a.shape[-1]
@@ -31,9 +33,9 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, max_abs_a: int = 255, max_abs_b: 
     a32 = a if a.dtype == np.float32 else a.astype(np.float32)
     b32 = b if b.dtype == np.float32 else b.astype(np.float32)
     if k <= step:
-        return np.matmul(a32, b32).astype(np.int64)
+        return np.matmul(a32, b32).astype(out_dtype)
     out = None
     for start in range(0, k, step):
-        part = np.matmul(a32[..., start:start + step], b32[..., start:start + step, :]).astype(np.int64)
+        part = np.matmul(a32[..., start:start + step], b32[..., start:start + step, :]).astype(out_dtype)
         out = part if out is None else out + part
     return out

@@ -72,7 +72,7 @@ class NodeView:
     placement: int
     onnx_op: str
     onnx_nodes: list[str]
-    counters: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # per-node derived constants (kernels fill it)
 
     @property
     def on_cpu(self) -> bool:

@@ -10,8 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 IR_VERSION = 10  # onnxruntime 1.31 reads IR <= 13; onnx writes a newer one by default
 
 
-def small_cnn(seed: int = 0) -> onnx.ModelProto:
-    """Conv -> Relu -> depthwise Conv -> HardSwish -> Add(skip) -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
+def small_cnn(seed: int = 0, activation: str = "hardswish") -> onnx.ModelProto:
+    """Conv -> Relu -> depthwise Conv -> HardSwish (or x * Sigmoid(x)) -> Add(skip) -> GlobalAveragePool
+    -> Flatten -> Gemm -> Softmax."""
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
     b1 = rng.normal(0, 0.1, 8).astype(np.float32)
@@ -23,7 +24,9 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dwconv", pads=[1, 1, 1, 1], group=8),
-        helper.make_node("HardSwish", ["c2"], ["h2"], name="hswish"),
+        *([helper.make_node("HardSwish", ["c2"], ["h2"], name="hswish")] if activation == "hardswish" else
+          [helper.make_node("Sigmoid", ["c2"], ["s2"], name="sigmoid"),
+           helper.make_node("Mul", ["c2", "s2"], ["h2"], name="silu_mul")]),
         helper.make_node("Add", ["h2", "r1"], ["a2"], name="skip_add"),
         helper.make_node("GlobalAveragePool", ["a2"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),

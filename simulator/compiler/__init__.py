@@ -22,6 +22,7 @@ from qverify.simulator.compiler import (
     lower_pool,
     lower_resize_softmax,
 )
+from qverify.simulator.compiler.fuse import fuse_elementwise
 from qverify.simulator.compiler.context import CPU_HINT, FValue, Lowering, QConst, QValue, q_params_from
 from qverify.simulator.compiler.graph import Graph, build_graph
 from qverify.simulator.compiler.preprocess import PreprocessSpec, apply_preprocess
@@ -162,8 +163,13 @@ def _outputs(ctx: Lowering, graph: Graph) -> None:
 
 def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = targets.DEFAULT_TARGET,
                   input_shapes: dict[str, list[int]] | None = None, run_on_cpu: Iterable[str] = (),
-                  preprocess: PreprocessSpec | None = None, name: str | None = None) -> model_pb2.Program:
-    """Compile a quantized ONNX model to a program; raises CompileError with a hint on bad input."""
+                  preprocess: PreprocessSpec | None = None, name: str | None = None,
+                  fuse: bool = True) -> model_pb2.Program:
+    """Compile a quantized ONNX model to a program; raises CompileError with a hint on bad input.
+
+    ``fuse`` merges elementwise int8 subgraphs of one tensor into single lookup tables
+    (bit-identical results; the fused intermediates are no longer dumped).
+    """
     profile = targets.get_target(target)
     graph = build_graph(source, input_shapes)
     forced = set(run_on_cpu)
@@ -189,6 +195,8 @@ def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = ta
     program.compiler_version = qverify.__version__
     if preprocess is not None:
         apply_preprocess(ctx, preprocess)
+    if fuse:
+        fuse_elementwise(program)
     _prune_unused(program)
     return program
 

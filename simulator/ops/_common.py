@@ -41,3 +41,37 @@ def as_2d_spatial(x: np.ndarray) -> tuple[np.ndarray, bool]:
     if x.ndim == 3:
         return x[:, :, None, :], True
     return x, False
+
+
+def requant_channels(acc: np.ndarray, node, bound: float, stats, axis: int = 1) -> np.ndarray:
+    """Per-output-channel requantization of an accumulator whose |values| <= ``bound``.
+
+    Uses the exact float64 path when ``bound`` allows it (decided once per node), else the
+    int64 path with int32 saturation. ``node.consts[2:4]`` are m0 and shift per channel.
+    """
+    a = node.attrs
+    key = ("requant", axis, acc.ndim)
+    if key not in node.cache:
+        m0, shift = node.consts[2], node.consts[3]
+        shape = [1] * acc.ndim
+        shape[axis] = -1
+        fast = fixedpoint.fast_path_ok(bound, shift)
+        mult, post = fixedpoint.float_factors(m0, shift)
+        node.cache[key] = (fast, mult.reshape(shape), post.reshape(shape), m0.reshape(shape), shift.reshape(shape))
+    fast, mult, post, m0, shift = node.cache[key]
+    if not fast:
+        return requant(np.asarray(acc, dtype=np.int64), m0, shift, a["y_zp"], stats, a["qmin"], a["qmax"])
+    y = fixedpoint.multiply_float_exact(acc, mult, post)
+    y += a["y_zp"]
+    y, saturated = fixedpoint.clamp_to_int8(y, a["qmin"], a["qmax"])
+    stats.saturated += saturated
+    return y
+
+
+def weight_bound(node, w: np.ndarray, bias: np.ndarray, max_abs_x: int = 255) -> float:
+    """Largest |accumulator| any input can produce: max_c sum|w_c| * max|x - zp| + |bias_c|."""
+    if "acc_bound" not in node.cache:
+        w_zp = node.attrs.get("w_zp", 0)
+        per_channel = np.abs(w.astype(np.int64) - w_zp).reshape(w.shape[0], -1).sum(axis=1)
+        node.cache["acc_bound"] = float((per_channel * max_abs_x + np.abs(bias.astype(np.int64))).max(initial=0))
+    return node.cache["acc_bound"]

@@ -12,13 +12,16 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from qverify.simulator.gemm import exact_matmul
-from qverify.simulator.ops._common import as_2d_spatial, centered, requant, saturate_int32
+from qverify.simulator.ops._common import as_2d_spatial, centered, requant_channels, saturate_int32, weight_bound
 from qverify.simulator.ops.registry import register
 
 
 def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
                     max_abs_x: int = 255, w_zp: int | list[int] = 0) -> np.ndarray:
-    """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights -> int64."""
+    """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights.
+
+    Returns float64 holding the exact integer accumulators (|values| < 2^53 always here).
+    """
     n, c, h, wd = xc.shape
     oc, icg, kh, kw = w.shape
     sh, sw = strides
@@ -39,8 +42,8 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
             for j in range(kw):
                 tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
                 acc += tap * wf[None, :, 0, i, j, None, None]
-        return acc.astype(np.int64)
-    out = np.empty((n, oc, oh * ow), dtype=np.int64)
+        return acc.astype(np.float64)
+    out = np.empty((n, oc, oh * ow), dtype=np.float64)
     ocg = oc // group
     for g in range(group):
         xg = xc[:, g * icg:(g + 1) * icg]
@@ -50,7 +53,8 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
             win = sliding_window_view(xg, (eff_h, eff_w), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
             cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, icg * kh * kw, oh * ow)
         wg = wf[g * ocg:(g + 1) * ocg].reshape(ocg, icg * kh * kw)
-        out[:, g * ocg:(g + 1) * ocg] = exact_matmul(wg, cols, max_abs_a=max_abs_w, max_abs_b=max_abs_x)
+        out[:, g * ocg:(g + 1) * ocg] = exact_matmul(wg, cols, max_abs_a=max_abs_w, max_abs_b=max_abs_x,
+                                                     out_dtype=np.float64)
     return out.reshape(n, oc, oh, ow)
 
 
@@ -64,10 +68,11 @@ def conv(node, inputs, stats):
     pt, pl, pb, pr = a["pads"]
     xc = np.pad(centered(x, a["x_zp"]), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     acc = conv_accumulate(xc, w, a["group"], a["strides"], a["dilations"], w_zp=a.get("w_zp", 0))
-    acc += bias.astype(np.int64)[None, :, None, None]
     if a.get("output_int32"):
+        acc = acc.astype(np.int64) + bias.astype(np.int64)[None, :, None, None]
         y = saturate_int32(acc, stats).astype(np.int32)
     else:
-        y = requant(acc, m0[None, :, None, None], shift[None, :, None, None], a["y_zp"], stats,
-                    a["qmin"], a["qmax"])
+        # Weights in the first axis of w: the bound is over (IC/group, KH, KW) per output channel.
+        acc += bias.astype(np.float64)[None, :, None, None]
+        y = requant_channels(acc, node, weight_bound(node, w, bias), stats)
     return [y[:, :, 0, :] if squeeze else y]

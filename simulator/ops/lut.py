@@ -1,8 +1,8 @@
 """Lut: int8 -> int8 through a 256-entry table built at compile time.
 
 Every elementwise op with one int8 input (Sigmoid, Tanh, HardSwish, LeakyRelu, Exp,
-Relu, Clip, requantization, ...) runs this way. Constant: table int8 (256,), indexed
-by ``x + 128``.
+Relu, Clip, requantization, fused x * HardSigmoid(x), ...) runs this way. Constant:
+table int8 (256,), indexed by ``x + 128``.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from qverify.simulator.ops.registry import register
 
 @register("Lut")
 def lut(node, inputs, stats):
-    table = node.consts[0]
-    # int8 bit pattern XOR 0x80 == x + 128 as an unsigned index.
-    return [table[inputs[0].view(np.uint8) ^ np.uint8(0x80)]]
+    if "by_byte" not in node.cache:
+        # Re-index the table by the int8 bit pattern read as uint8 (x + 128 mod 256).
+        node.cache["by_byte"] = np.roll(node.consts[0], 128)
+    return [np.take(node.cache["by_byte"], inputs[0].view(np.uint8))]
