@@ -33,9 +33,9 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, max_abs_a: int = 255, max_abs_b: 
     a32 = a if a.dtype == np.float32 else a.astype(np.float32)
     b32 = b if b.dtype == np.float32 else b.astype(np.float32)
     if k <= step:
-        return np.matmul(a32, b32).astype(out_dtype)
+        return np.matmul(a32, b32).astype(out_dtype, copy=False)
     out = None
     for start in range(0, k, step):
-        part = np.matmul(a32[..., start:start + step], b32[..., start:start + step, :]).astype(out_dtype)
+        part = np.matmul(a32[..., start:start + step], b32[..., start:start + step, :]).astype(out_dtype, copy=False)
         out = part if out is None else out + part
     return out

@@ -71,7 +71,9 @@ def requant_channels(acc: np.ndarray, node, bound: float, stats, axis: int = 1) 
 def weight_bound(node, w: np.ndarray, bias: np.ndarray, max_abs_x: int = 255) -> float:
     """Largest |accumulator| any input can produce: max_c sum|w_c| * max|x - zp| + |bias_c|."""
     if "acc_bound" not in node.cache:
-        w_zp = node.attrs.get("w_zp", 0)
+        w_zp = np.asarray(node.attrs.get("w_zp", 0), dtype=np.int64)
+        if w_zp.ndim:  # one zero point per output channel
+            w_zp = w_zp.reshape((-1,) + (1,) * (w.ndim - 1))
         per_channel = np.abs(w.astype(np.int64) - w_zp).reshape(w.shape[0], -1).sum(axis=1)
         node.cache["acc_bound"] = float((per_channel * max_abs_x + np.abs(bias.astype(np.int64))).max(initial=0))
     return node.cache["acc_bound"]
