@@ -24,6 +24,8 @@ from qverify.simulator import layout
 from qverify.v1 import model_pb2
 
 CPU_HINT = "use --run-on-cpu {node} to run it in float32 on the board's CPU"
+# Ops through which quantization parameters can be propagated backwards unchanged.
+QUANT_TRANSPARENT = {"MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,22 @@ class Lowering:
                            op=node.op_type)
 
     def out_q(self, onnx_name: str) -> tuple[str, float, int, int] | None:
-        """If every consumer of float ``onnx_name`` quantizes it: (Q output, scale, zp, elem)."""
-        qs = [c for c in self.graph.consumers.get(onnx_name, []) if c.op_type == "QuantizeLinear"]
+        """If float ``onnx_name`` is quantized: (program tensor name, scale, zp, elem).
+
+        Either a QuantizeLinear reads it, or its only reader is an op that commutes with
+        quantization (MaxPool and pure data movement: quantization is monotonic and
+        elementwise) whose output is quantized; the tensor then takes those parameters,
+        which changes no value: Q(maxpool(f)) == maxpool(Q(f)).
+        """
+        consumers = self.graph.consumers.get(onnx_name, [])
+        qs = [c for c in consumers if c.op_type == "QuantizeLinear"]
         if not qs:
+            if (len(consumers) == 1 and consumers[0].op_type in QUANT_TRANSPARENT
+                    and onnx_name not in self.graph.outputs and len(consumers[0].output) == 1
+                    and consumers[0].input[0] == onnx_name):
+                downstream = self.out_q(consumers[0].output[0])
+                if downstream is not None:
+                    return onnx_name, downstream[1], downstream[2], downstream[3]
             return None
         scale, zp, elem = q_params_from(self.graph, qs[0])
         if scale.size != 1:
@@ -165,8 +180,9 @@ class Lowering:
         if oq is None:
             return None
         q_name, scale, zp, elem = oq
+        # A tensor quantized by propagation is float in the ONNX model (onnx_dtype 0).
         self.add_tensor(q_name, np.int8, self.shape(onnx_name), scale, zp, onnx_float_name=onnx_name,
-                        onnx_dtype=elem)
+                        onnx_dtype=elem if q_name != onnx_name else 0)
         self.tensor_infos[q_name].producer = producer
         value = QValue(q_name, scale, zp)
         self.values[onnx_name] = value
