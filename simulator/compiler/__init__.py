@@ -64,9 +64,19 @@ def _parse_inputs(ctx: Lowering, graph: Graph) -> None:
         consumers = graph.consumers.get(name, [])
         qs = [c for c in consumers if c.op_type == "QuantizeLinear"]
         if elem in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8):
-            # A raw integer input (ConvInteger / MatMulInteger style): scale 1, zero point 0.
-            ctx.add_tensor(name, np.int8, shape, 1.0, 0, onnx_dtype=elem)
-            ctx.values[name] = QValue(name, 1.0, 0)
+            # A raw integer input: the quantization its DequantizeLinear readers agree on, else
+            # (ConvInteger / MatMulInteger style) scale 1, zero point 0.
+            scale, zp = 1.0, 0
+            dqs = [c for c in consumers if c.op_type == "DequantizeLinear"]
+            if dqs and len(dqs) == len(consumers):
+                params = set()
+                for dq in dqs:
+                    s, z, _ = q_params_from(graph, dq)
+                    params.add((float(np.float32(s.reshape(-1)[0])), int(z.reshape(-1)[0]), s.size))
+                if len(params) == 1 and next(iter(params))[2] == 1:
+                    scale, zp, _ = params.pop()
+            ctx.add_tensor(name, np.int8, shape, scale, zp, onnx_dtype=elem)
+            ctx.values[name] = QValue(name, scale, zp)
             ctx.program.inputs.append(name)
         elif qs and len(qs) == len(consumers):
             q = qs[0]

@@ -67,9 +67,12 @@ def q_params_from(graph: Graph, node: onnx.NodeProto) -> tuple[np.ndarray, np.nd
     if len(node.input) > 2 and node.input[2]:
         zp_raw = np.asarray(graph.consts[node.input[2]])
         elem = onnx.helper.np_dtype_to_tensor_dtype(zp_raw.dtype)
-    else:
-        zp_raw = np.zeros(scale.shape, dtype=np.uint8)
-        elem = onnx.TensorProto.UINT8
+    else:  # no zero point: 0 of the quantized tensor's type (uint8 unless known otherwise)
+        elem = graph.elem_types.get(node.output[0] if node.op_type == "QuantizeLinear" else node.input[0],
+                                    onnx.TensorProto.UINT8)
+        if elem not in (onnx.TensorProto.INT8, onnx.TensorProto.INT32):
+            elem = onnx.TensorProto.UINT8
+        zp_raw = np.zeros(scale.shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem))
     if node.op_type == "DequantizeLinear" and node.input[0] in graph.consts:
         elem = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(graph.consts[node.input[0]]).dtype)
     if elem == onnx.TensorProto.UINT8:

@@ -30,23 +30,32 @@ def _weights(ctx: Lowering, node: onnx.NodeProto, value, channels: int, axis: in
 
 
 def _bias(ctx: Lowering, node: onnx.NodeProto, name: str, acc_scale: np.ndarray, channels: int,
-          factor: float = 1.0) -> np.ndarray:
-    """int32 bias at the accumulator scale (s_x * s_w[c])."""
+          factor: float = 1.0, out_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """int32 bias at the accumulator scale (s_x * s_w[c]): one value per output channel, or, for a
+    Gemm bias that varies along the rows too, the full ``out_shape`` (M, N) array."""
     if not name:
         return np.zeros(channels, dtype=np.int32)
     value = ctx.value(name, node)
+    ints = None
     if isinstance(value, QConst) and value.wide and factor == 1.0:
         given = value.scale.reshape(-1).astype(np.float64)
         if given.size in (1, channels) and np.allclose(given, acc_scale, rtol=1e-5):
-            return np.broadcast_to(value.values.reshape(-1).astype(np.int64), (channels,)).astype(np.int32)
-    real = value.real() if isinstance(value, QConst) else np.asarray(value, dtype=np.float32)
-    if not isinstance(real, np.ndarray) or real.size not in (1, channels):
-        raise CompileError("bias must be a constant of one value per output channel", node=node.name,
-                           op=node.op_type)
-    ints = np.rint(np.broadcast_to(real.reshape(-1).astype(np.float64), (channels,)) * factor / acc_scale)
+            ints = value.values.astype(np.int64)
+    if ints is None:
+        real = value.real() if isinstance(value, QConst) else np.asarray(value, dtype=np.float32)
+        if not isinstance(real, np.ndarray) or real.dtype.kind != "f":
+            raise CompileError("bias must be a float constant", node=node.name, op=node.op_type)
+        ints = np.rint(real.astype(np.float64) * factor / acc_scale)  # broadcasts along the last axis
+    if ints.ndim == 0 or (all(d == 1 for d in ints.shape[:-1]) and ints.shape[-1] in (1, channels)):
+        ints = np.broadcast_to(ints.reshape(-1), (channels,))
+    elif out_shape is not None and np.broadcast_shapes(ints.shape, out_shape) == tuple(out_shape):
+        ints = np.broadcast_to(ints, out_shape)
+    else:
+        raise CompileError(f"bias of shape {list(ints.shape)} must hold one value per output channel",
+                           node=node.name, op=node.op_type)
     if np.any(np.abs(ints) > 2**31 - 1):
         raise CompileError("bias does not fit int32 at scale s_x * s_w", node=node.name, op=node.op_type)
-    return ints.astype(np.int32)
+    return np.ascontiguousarray(ints).astype(np.int32)
 
 
 def _requant_consts(ctx: Lowering, base: str, acc_scale: np.ndarray, y_scale: float, factor: float = 1.0):
@@ -87,8 +96,8 @@ def lower_conv(ctx: Lowering, node: onnx.NodeProto) -> bool:
         return False
     attrs = attrs_of(node)
     w_value = ctx.value(node.input[1], node)
-    if not isinstance(w_value, QConst):
-        return False
+    if not isinstance(w_value, QConst) or w_value.values.ndim not in (3, 4):
+        return False  # 3-D convolutions run on the CPU
     oc = w_value.values.shape[0]
     w, w_scale, w_zp = _weights(ctx, node, w_value, oc, 0)
     out = ctx.out_q(node.output[0])
@@ -113,6 +122,8 @@ def lower_conv_transpose(ctx: Lowering, node: onnx.NodeProto) -> bool:
     out = ctx.out_q(node.output[0])
     if not isinstance(x, QValue) or not isinstance(w_value, QConst) or out is None:
         return False
+    if w_value.values.ndim not in (3, 4):
+        return False  # 3-D transposed convolutions run on the CPU
     attrs = attrs_of(node)
     group = attrs.get("group", 1)
     oc = w_value.values.shape[1] * group
@@ -135,9 +146,14 @@ def lower_conv_transpose(ctx: Lowering, node: onnx.NodeProto) -> bool:
                                                                       spatial["pads"][1] + spatial["pads"][3]]
     for i in range(nd):
         if full[i] - given[i] != y_shape[2 + i]:
+            # ONNX: SAME_UPPER puts the odd padding at the end; SAME_LOWER and an explicit
+            # output_shape at the beginning. An output_shape beyond the full result extends
+            # it at the end (negative end pad: those rows hold only the bias), as onnxruntime does.
             total = full[i] - y_shape[2 + i]
-            upper = attrs.get("auto_pad", "NOTSET") != "SAME_LOWER"
-            begin = total // 2 if upper else total - total // 2
+            if total < 0:
+                begin = 0
+            else:
+                begin = total // 2 if attrs.get("auto_pad", "NOTSET") == "SAME_UPPER" else total - total // 2
             idx = i if nd == 2 else 1
             spatial["pads"][idx], spatial["pads"][idx + 2] = begin, total - begin
     y = ctx.define_q_output(node.output[0], "")
@@ -152,8 +168,7 @@ def lower_conv_transpose(ctx: Lowering, node: onnx.NodeProto) -> bool:
 def lower_matmul(ctx: Lowering, node: onnx.NodeProto) -> bool:
     """MatMul and Gemm: constant weights -> MatMul; two activations -> MatMulAct."""
     attrs = attrs_of(node) if node.op_type == "Gemm" else {}
-    if attrs.get("transA", 0):
-        return False
+    trans_a = attrs.get("transA", 0)
     x = ctx.value(node.input[0], node)
     w_value = ctx.value(node.input[1], node)
     out = ctx.out_q(node.output[0])
@@ -161,7 +176,7 @@ def lower_matmul(ctx: Lowering, node: onnx.NodeProto) -> bool:
         return False
     alpha = float(attrs.get("alpha", 1.0))
     if isinstance(w_value, QValue):
-        if node.op_type == "Gemm":
+        if node.op_type == "Gemm":  # Gemm of two activations: on the CPU
             return False
         y = ctx.define_q_output(node.output[0], "")
         m0, shift = quantize_multipliers(np.array([x.scale * w_value.scale / y.scale]))
@@ -184,10 +199,17 @@ def lower_matmul(ctx: Lowering, node: onnx.NodeProto) -> bool:
     acc_scale = np.float64(x.scale) * w_scale
     bias_name = node.input[2] if len(node.input) > 2 else ""
     beta = float(attrs.get("beta", 1.0))
-    bias = _bias(ctx, node, bias_name, acc_scale * alpha, n, factor=beta) if (alpha != 1 or beta != 1) \
-        else _bias(ctx, node, bias_name, acc_scale, n)
+    out_shape = ctx.shape(node.output[0]) if node.op_type == "Gemm" else None
+    bias = _bias(ctx, node, bias_name, acc_scale * alpha, n, factor=beta, out_shape=out_shape) \
+        if (alpha != 1 or beta != 1) else _bias(ctx, node, bias_name, acc_scale, n, out_shape=out_shape)
     y = ctx.define_q_output(node.output[0], "")
     m0, shift = _requant_consts(ctx, y.name, acc_scale, y.scale, factor=alpha)
+    if trans_a:  # Gemm A is 2-D: transpose the activation first
+        rows, cols = ctx.shape(node.input[0])
+        xt = ctx.add_tensor(ctx.fresh_tensor_name(f"{node.output[0]}/transA"), np.int8, (cols, rows), x.scale, x.zp)
+        ctx.emit("Transpose", node, [x.name], [xt], attrs={"perm": [1, 0]},
+                 name=f"{node.name or node.output[0]}/transA")
+        x = QValue(xt, x.scale, x.zp)
     ctx.emit("MatMul", node, [x.name], [y.name],
              [ctx.add_const(f"{y.name}/weight", w), ctx.add_const(f"{y.name}/bias", bias), m0, shift],
              {"x_zp": x.zp, "w_zp": w_zp, "y_zp": y.zp, "qmin": -128, "qmax": 127})

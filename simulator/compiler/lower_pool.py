@@ -14,17 +14,37 @@ def _pool_geometry(ctx: Lowering, node: onnx.NodeProto) -> dict | None:
     attrs = attrs_of(node)
     kernel = list(attrs["kernel_shape"])
     nd = len(kernel)
-    if nd not in (1, 2) or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if nd not in (1, 2) or auto_pad not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
         return None
     strides = list(attrs.get("strides", [1] * nd))
     dilations = list(attrs.get("dilations", [1] * nd))
-    pads = list(attrs.get("pads", [0] * 2 * nd)) if attrs.get("auto_pad", "NOTSET") != "VALID" else [0] * 2 * nd
+    pads = list(attrs.get("pads", [0] * 2 * nd)) if auto_pad != "VALID" else [0] * 2 * nd
     x_shape = ctx.shape(node.input[0])[2:]
     y_shape = ctx.shape(node.output[0])[2:]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # output ceil(in / stride); SAME_UPPER puts the odd padding at the end, SAME_LOWER at the start.
+        for i in range(nd):
+            out = -(-x_shape[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x_shape[i])
+            small = total // 2
+            pads[i], pads[i + nd] = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
     extra = []
     for i in range(nd):
         span = (kernel[i] - 1) * dilations[i] + 1
         floor_out = (x_shape[i] + pads[i] + pads[i + nd] - span) // strides[i] + 1
+        if attrs.get("ceil_mode", 0):
+            # onnxruntime drops a last window that would start in the end padding; onnx's shape
+            # inference only does so from opset 22. Refuse rather than compute a wrong shape.
+            ceil_out = -(-(x_shape[i] + pads[i] + pads[i + nd] - span) // strides[i]) + 1
+            if (ceil_out - 1) * strides[i] >= x_shape[i] + pads[i]:
+                ceil_out -= 1
+            if ceil_out != y_shape[i]:
+                from qverify.simulator.errors import CompileError
+
+                raise CompileError(f"ceil_mode output size {y_shape[i]} from ONNX shape inference differs from the "
+                                   f"{ceil_out} onnxruntime computes", node=node.name, op=node.op_type,
+                                   hint="convert the model to opset 22, or use ceil_mode=0 with explicit pads")
         # ceil_mode: pad the end so the floor formula yields the inferred output size.
         extra.append(max(0, (y_shape[i] - floor_out) * strides[i]))
     if nd == 1:
@@ -53,7 +73,7 @@ def lower_avgpool(ctx: Lowering, node: onnx.NodeProto) -> bool:
     if not isinstance(x, QValue) or out is None:
         return False
     geo = _pool_geometry(ctx, node)
-    if geo is None or geo["dilations"] != [1, 1]:
+    if geo is None:
         return False
     y = ctx.define_q_output(node.output[0], "")
     exact = int(np.float32(x.scale) == np.float32(y.scale))
@@ -63,7 +83,7 @@ def lower_avgpool(ctx: Lowering, node: onnx.NodeProto) -> bool:
     m0, shift = quantize_multipliers(x.scale / (y.scale * counts))
     ctx.emit("AvgPool", node, [x.name], [y.name],
              [ctx.add_const(f"{y.name}/m0", m0), ctx.add_const(f"{y.name}/shift", shift)],
-             {"kernel": geo["kernel"], "strides": geo["strides"], "pads": geo["pads"],
+             {"kernel": geo["kernel"], "strides": geo["strides"], "dilations": geo["dilations"], "pads": geo["pads"],
               "extra_end": geo["extra_end"], "count_include_pad": geo["count_include_pad"],
               "x_zp": x.zp, "y_zp": y.zp, "exact_div": exact})
     return True

@@ -15,6 +15,10 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float) -> np.nda
     i = np.arange(out_len, dtype=np.float64)
     if mode == "half_pixel":
         return (i + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        adjustment = out_len / (scale * in_len)
+        offset = in_len / 2 * (1 - adjustment)
+        return offset + (i + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
         return (i + 0.5) / scale - 0.5 if out_len > 1 else np.zeros(out_len)
     if mode == "align_corners":
@@ -38,6 +42,44 @@ def _nearest(coords: np.ndarray, rule: str, in_len: int) -> np.ndarray:
     return np.clip(idx, 0, in_len - 1).astype(np.int64)
 
 
+def _scales(ctx: Lowering, node: onnx.NodeProto, attrs: dict, in_shape, out_shape) -> np.ndarray | None:
+    """The per-axis scale of the coordinate transformation: the ``scales`` input (on ``axes``), else
+    the ``sizes`` ratio after ``keep_aspect_ratio_policy``; None if they are not constants."""
+    rank = len(in_shape)
+    axes = [a % rank for a in attrs.get("axes", range(rank))]
+    ratio = np.array(out_shape, dtype=np.float64) / np.array(in_shape, dtype=np.float64)
+    full = np.ones(rank, dtype=np.float64)
+    if node.op_type == "Upsample" or ctx.graph.opset < 11:  # Upsample-9/10 and Resize-10: (X, scales)
+        scales_name = node.input[1] if len(node.input) > 1 else ""
+    else:  # Resize-11+: (X, roi, scales, sizes)
+        scales_name = node.input[2] if len(node.input) > 2 else ""
+    sizes_name = node.input[3] if len(node.input) > 3 and node.op_type == "Resize" else ""
+    if scales_name:
+        if scales_name not in ctx.graph.consts:
+            return None
+        scales = np.asarray(ctx.graph.consts[scales_name], dtype=np.float64).reshape(-1)
+        if scales.size:
+            if scales.size != len(axes):
+                return None
+            full[axes] = scales
+            return full
+    if sizes_name:
+        if sizes_name not in ctx.graph.consts:
+            return None
+        sizes = np.asarray(ctx.graph.consts[sizes_name], dtype=np.float64).reshape(-1)
+        if sizes.size != len(axes):
+            return None
+        policy = attrs.get("keep_aspect_ratio_policy", "stretch")
+        picked = sizes / np.array(in_shape, dtype=np.float64)[axes]  # requested, before rounding
+        if policy == "not_larger":
+            picked = np.full(len(axes), picked.min())
+        elif policy == "not_smaller":
+            picked = np.full(len(axes), picked.max())
+        full[axes] = picked
+        return full
+    return ratio
+
+
 def lower_resize(ctx: Lowering, node: onnx.NodeProto) -> bool:
     x = ctx.value(node.input[0], node)
     if not isinstance(x, QValue):
@@ -46,17 +88,19 @@ def lower_resize(ctx: Lowering, node: onnx.NodeProto) -> bool:
     mode = attrs.get("mode", "nearest")
     ct_mode = attrs.get("coordinate_transformation_mode", "half_pixel" if ctx.graph.opset >= 11 else "asymmetric")
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    scales_name = node.input[2] if len(node.input) > 2 else (node.input[1] if node.op_type == "Upsample" else "")
-    scales = np.asarray(ctx.graph.consts.get(scales_name, []), dtype=np.float64) if scales_name else np.array([])
-    if scales.size != len(in_shape):
-        scales = np.array(out_shape, dtype=np.float64) / np.array(in_shape, dtype=np.float64)
+    scales = _scales(ctx, node, attrs, in_shape, out_shape)
+    if scales is None:
+        return False
     if ct_mode == "tf_crop_and_resize" or attrs.get("antialias", 0) or attrs.get("exclude_outside", 0):
         return False
     coords = [_source_coords(ct_mode, o, i, s) for o, i, s in zip(out_shape, in_shape, scales)]
     if mode == "nearest":
-        rule = attrs.get("nearest_mode", "round_prefer_floor")
+        if ctx.graph.opset >= 11:
+            rules = [attrs.get("nearest_mode", "round_prefer_floor")] * len(in_shape)
+        else:  # Upsample / Resize-10 (onnxruntime's "simple" mode): floor upsampling, ceil downsampling
+            rules = ["floor" if s >= 1 else "ceil" for s in scales]
         tables = [ctx.add_const(f"{node.output[0]}/index{axis}", _nearest(c, rule, n))
-                  for axis, (c, n) in enumerate(zip(coords, in_shape))]
+                  for axis, (c, n, rule) in enumerate(zip(coords, in_shape, rules))]
         emit_movement(ctx, node, x, "Resize", {"mode": "nearest"}, tables)
         return True
     out = ctx.out_q(node.output[0])

@@ -92,8 +92,10 @@ def rewrite_to_qdq(model: onnx.ModelProto) -> None:
             rw.q(y, a(node, 6), a(node, 7), node.output[0], tag)
         elif t == "QLinearMatMul":
             x = rw.dq(a(node, 0), a(node, 1), a(node, 2), tag)
-            w = rw.dq(a(node, 3), a(node, 4), a(node, 5), tag,
-                      axis=rw.weight_axis(a(node, 4), 1) if a(node, 4) in rw.inits else None)
+            w_axis = None
+            if a(node, 4) in rw.inits and a(node, 3) in rw.inits:  # per column of a (…, K, N) weight
+                w_axis = rw.weight_axis(a(node, 4), rw.array(a(node, 3)).ndim - 1)
+            w = rw.dq(a(node, 3), a(node, 4), a(node, 5), tag, axis=w_axis)
             rw.q(rw.op("MatMul", [x, w], node), a(node, 6), a(node, 7), node.output[0], tag)
         elif t in ("QLinearAdd", "QLinearMul"):
             x = rw.dq(a(node, 0), a(node, 1), a(node, 2), tag)

@@ -3,8 +3,8 @@
 When input and output scales are equal the division is exact integer division rounding
 half away from zero; otherwise a fixed-point multiplier per possible count
 (s_in / (s_out * count)) is used. Constants: m0 (kh*kw+1,), shift (kh*kw+1,) indexed by count.
-Attrs: kernel, strides, pads (t, l, b, r, as in the model), extra_end (b, r: ceil_mode padding
-never counted), count_include_pad, x_zp, y_zp, exact_div.
+Attrs: kernel, strides, dilations (default 1), pads (t, l, b, r, as in the model), extra_end
+(b, r: ceil_mode padding never counted), count_include_pad, x_zp, y_zp, exact_div.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def avgpool(node, inputs, stats):
     eb, er = a["extra_end"]
     widths = ((0, 0), (0, 0), (pt, pb + eb), (pl, pr + er))
     xp = np.pad(x.astype(np.int32) - a["x_zp"], widths)
-    dil = (1, 1)
+    dil = tuple(a.get("dilations", (1, 1)))
     sums = window_reduce(xp, a["kernel"], a["strides"], dil, np.add)
     counted = np.zeros((1, 1) + x.shape[2:], dtype=np.int32)
     counted = np.pad(counted + 1, ((0, 0), (0, 0), (pt, pb), (pl, pr)),

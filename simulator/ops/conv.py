@@ -17,10 +17,11 @@ from qverify.simulator.ops.registry import register
 
 
 def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
-                    max_abs_x: int = 255, w_zp: int | list[int] = 0) -> np.ndarray:
+                    max_abs_x: int = 255, w_zp: int | list[int] = 0, acc_dtype: type = np.float64) -> np.ndarray:
     """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights.
 
-    Returns float64 holding the exact integer accumulators (|values| < 2^53 always here).
+    Returns ``acc_dtype`` holding the exact integer accumulators: float64 always is
+    (|values| < 2^53 here); float32 is when the caller knows every |value| < 2^24.
     """
     n, c, h, wd = xc.shape
     oc, icg, kh, kw = w.shape
@@ -38,12 +39,14 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
     if group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24):
         # Depthwise: one multiply-add per tap; every partial sum stays exact in float32.
         acc = np.zeros((n, c, oh, ow), dtype=np.float32)
+        product = np.empty_like(acc)
         for i in range(kh):
             for j in range(kw):
                 tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-                acc += tap * wf[None, :, 0, i, j, None, None]
-        return acc.astype(np.float64)
-    out = np.empty((n, oc, oh * ow), dtype=np.float64)
+                np.multiply(tap, wf[None, :, 0, i, j, None, None], out=product)
+                acc += product
+        return acc.astype(acc_dtype, copy=False)
+    out = np.empty((n, oc, oh * ow), dtype=acc_dtype)
     ocg = oc // group
     for g in range(group):
         xg = xc[:, g * icg:(g + 1) * icg]
@@ -54,7 +57,7 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
             cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, icg * kh * kw, oh * ow)
         wg = wf[g * ocg:(g + 1) * ocg].reshape(ocg, icg * kh * kw)
         out[:, g * ocg:(g + 1) * ocg] = exact_matmul(wg, cols, max_abs_a=max_abs_w, max_abs_b=max_abs_x,
-                                                     out_dtype=np.float64)
+                                                     out_dtype=acc_dtype)
     return out.reshape(n, oc, oh, ow)
 
 
@@ -67,12 +70,16 @@ def conv(node, inputs, stats):
         w = w[:, :, None, :]
     pt, pl, pb, pr = a["pads"]
     xc = np.pad(centered(x, a["x_zp"]), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    acc = conv_accumulate(xc, w, a["group"], a["strides"], a["dilations"], w_zp=a.get("w_zp", 0))
+    bound = weight_bound(node, w, bias)
+    # Below 2^21 every partial and final sum is an integer float32 holds exactly.
+    acc_dtype = np.float32 if bound < (1 << 21) else np.float64
+    acc = conv_accumulate(xc, w, a["group"], a["strides"], a["dilations"], w_zp=a.get("w_zp", 0),
+                          acc_dtype=acc_dtype)
     if a.get("output_int32"):
         acc = acc.astype(np.int64) + bias.astype(np.int64)[None, :, None, None]
         y = saturate_int32(acc, stats).astype(np.int32)
     else:
         # Weights in the first axis of w: the bound is over (IC/group, KH, KW) per output channel.
-        acc += bias.astype(np.float64)[None, :, None, None]
-        y = requant_channels(acc, node, weight_bound(node, w, bias), stats)
+        acc += bias.astype(acc_dtype)[None, :, None, None]
+        y = requant_channels(acc, node, bound, stats)
     return [y[:, :, 0, :] if squeeze else y]

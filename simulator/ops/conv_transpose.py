@@ -1,8 +1,8 @@
 """ConvTranspose on the integer path: exact GEMM, then col2im summed in int64.
 
 Constants: weight int8 (IC, OC/group, KH, KW), bias int32 (OC), m0 int32 (OC), shift int32 (OC).
-Attrs: x_zp, y_zp, qmin, qmax, group, strides (2), pads (t, l, b, r), dilations (2),
-output_padding (2).
+Attrs: x_zp, y_zp, qmin, qmax, group, strides (2), pads (t, l, b, r; a negative b or r extends the
+output at the end with rows/columns holding only the bias), dilations (2), output_padding (2).
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def conv_transpose(node, inputs, stats):
             for j in range(kw):
                 full[:, g * ocg:(g + 1) * ocg, i * dh: i * dh + sh * (h - 1) + 1: sh,
                      j * dw: j * dw + sw * (wd - 1) + 1: sw] += cols[:, :, i, j]
+    if min(pb, pr) < 0:  # output_shape beyond the full result: extended at the end with zeros
+        full = np.pad(full, ((0, 0), (0, 0), (0, max(0, -pb)), (0, max(0, -pr))))
     acc = full[:, :, pt: full_h - pb, pl: full_w - pr] + bias.astype(np.int64)[None, :, None, None]
     y = requant(acc, m0[None, :, None, None], shift[None, :, None, None], a["y_zp"], stats, a["qmin"], a["qmax"])
     return [y[:, :, 0, :] if squeeze else y]

@@ -1,6 +1,7 @@
 """MatMul / Gemm with constant weights on the integer path.
 
-Constants: weight int8 (K, N) or batched (..., K, N), bias int32 (N), m0 int32 (N), shift int32 (N).
+Constants: weight int8 (K, N) or batched (..., K, N), bias int32 (N; or (M, N) for a Gemm
+whose bias varies along the rows), m0 int32 (N), shift int32 (N).
 Attrs: x_zp, w_zp (0 for symmetric weights; a list of N values for MatMulInteger with
 per-column zero points), y_zp, qmin, qmax, output_int32.
 """
