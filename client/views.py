@@ -43,7 +43,8 @@ def program_summary(program, path: Path) -> dict:
     return {
         "file": str(path), "name": proto.name, "target": {"name": program.target.name,
                                                           "c_align": program.target.c_align,
-                                                          "w_align": program.target.w_align},
+                                                          "w_align": program.target.w_align,
+                                                          "rounding": program.target.rounding},
         "source_format": proto.source_format, "source_sha256": proto.source_sha256,
         "compiler_version": proto.compiler_version,
         "inputs": [{**tensor_summary(tensors[t.name]), "onnx_input": o, "feed_shape": list(feed_shape(t))}
@@ -73,7 +74,8 @@ def print_info(program, path: Path) -> None:
     proto = program.proto
     tensors = {t.name: t for t in proto.tensors}
     _console.print(f"[bold]{path}[/bold]  model '{proto.name}'  target {program.target.name} "
-                   f"(NHWC, C%{program.target.c_align}, W%{program.target.w_align})  from {proto.source_format} "
+                   f"(NHWC, C%{program.target.c_align}, W%{program.target.w_align}, {program.target.rounding} rounding)  "
+                   f"from {proto.source_format} "
                    f"ONNX sha256 {proto.source_sha256[:12]}…")
     io = Table(title="inputs and outputs", show_lines=False)
     for col in ("", "name", "board feed", "logical", "quant", "ONNX tensor"):

@@ -22,6 +22,11 @@ class Placement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLACEMENT_UNSPECIFIED: _ClassVar[Placement]
     NPU: _ClassVar[Placement]
     CPU: _ClassVar[Placement]
+
+class Rounding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUNDING_SINGLE: _ClassVar[Rounding]
+    ROUNDING_DOUBLE: _ClassVar[Rounding]
 DATA_TYPE_UNSPECIFIED: DataType
 INT8: DataType
 UINT8: DataType
@@ -32,6 +37,8 @@ FLOAT32: DataType
 PLACEMENT_UNSPECIFIED: Placement
 NPU: Placement
 CPU: Placement
+ROUNDING_SINGLE: Rounding
+ROUNDING_DOUBLE: Rounding
 
 class QuantParams(_message.Message):
     __slots__ = ("scale", "zero_point")
@@ -151,14 +158,16 @@ class Preprocess(_message.Message):
     def __init__(self, input: _Optional[str] = ..., color: _Optional[str] = ..., model_color: _Optional[str] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Target(_message.Message):
-    __slots__ = ("name", "c_align", "w_align")
+    __slots__ = ("name", "c_align", "w_align", "rounding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     C_ALIGN_FIELD_NUMBER: _ClassVar[int]
     W_ALIGN_FIELD_NUMBER: _ClassVar[int]
+    ROUNDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     c_align: int
     w_align: int
-    def __init__(self, name: _Optional[str] = ..., c_align: _Optional[int] = ..., w_align: _Optional[int] = ...) -> None: ...
+    rounding: Rounding
+    def __init__(self, name: _Optional[str] = ..., c_align: _Optional[int] = ..., w_align: _Optional[int] = ..., rounding: _Optional[_Union[Rounding, str]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("name", "target", "inputs", "outputs", "tensors", "constants", "nodes", "preprocess", "source_sha256", "source_format", "compiler_version", "onnx_inputs", "onnx_outputs")

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Literal
 
 import numpy as np
 
-from qverify.simulator import layout
+from qverify.simulator import fixedpoint, layout
 from qverify.simulator.errors import InputError
 from qverify.simulator.ops import registry
 from qverify.simulator.program import NodeView, Program, TensorView
@@ -151,6 +151,13 @@ class Simulator:
             for tensor in self.program.inputs:
                 if tensor.name in wanted:
                     sink(self._make_dump(tensor, "", env[tensor.name], dump_layout))
+        with fixedpoint.rounding(self.program.target.rounding):
+            self._execute(env, wanted, dump_layout, sink, result)
+        result.outputs = {t.name: env[t.name] for t in self.program.outputs}
+        return result
+
+    def _execute(self, env: dict, wanted: set[str], dump_layout: Layout, sink: DumpSink | None,
+                 result: RunResult) -> None:
         started = time.perf_counter()
         for node, kernel, free in zip(self.program.nodes, self._kernels, self._free_after):
             stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
@@ -165,8 +172,6 @@ class Simulator:
             for name in free:
                 env.pop(name, None)
         result.seconds = time.perf_counter() - started
-        result.outputs = {t.name: env[t.name] for t in self.program.outputs}
-        return result
 
     def _dump_selection(self, dump) -> set[str]:
         if dump is None:

@@ -1,16 +1,46 @@
-"""Fixed-point requantization with gemmlowp / TFLite reference semantics.
+"""Fixed-point requantization with TFLite reference semantics.
 
 A real multiplier ``M > 0`` is stored as ``(m0, shift)`` with ``m0`` an int32 in
-``[2^30, 2^31)`` and ``M ~= m0 * 2^(shift - 31)``. Applying it to an int32 value is a
-saturating rounding doubling high multiply followed by a rounding right shift
-(round half away from zero), exactly as ``MultiplyByQuantizedMultiplier`` in TFLite.
-All arithmetic is int64 numpy, so results do not depend on the machine.
+``[2^30, 2^31)`` and ``M ~= m0 * 2^(shift - 31)``. Applying it to an int32 value
+(``MultiplyByQuantizedMultiplier``) rounds in one of two ways, a property of the target:
+
+* ``double`` (gemmlowp, TFLite's default build): a saturating rounding doubling high
+  multiply (round half up) followed by a rounding right shift (half away from zero);
+* ``single`` (TFLite built with TFLITE_SINGLE_ROUNDING, CMSIS-NN's single rounding):
+  ``(x * m0 + 2^(30 - shift)) >> (31 - shift)``, one rounding, half up. It differs from
+  exact (float) requantization only on exact ties.
+
+The mode in force is ambient (:func:`rounding`), set by the executor from the program's
+target, so kernels need not carry it. Arithmetic is int64, or float64 where it is
+provably exact, so results do not depend on the machine.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import Iterator
 
 import numpy as np
+
+SINGLE, DOUBLE = "single", "double"
+_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("qverify_rounding", default=DOUBLE)
+
+
+@contextlib.contextmanager
+def rounding(mode: str) -> Iterator[None]:
+    """Run the enclosed requantizations with rounding ``mode`` ('single' or 'double')."""
+    if mode not in (SINGLE, DOUBLE):
+        raise ValueError(f"rounding mode must be '{SINGLE}' or '{DOUBLE}', got {mode!r}")
+    token = _MODE.set(mode)
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def rounding_mode() -> str:
+    return _MODE.get()
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -74,8 +104,12 @@ _FLOAT64_EXACT_X = 1 << 21
 
 
 def float_factors(m0: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The multiplier as two exact float64 factors: ``m0 * 2^(left - 31)`` and ``2^-right``."""
+    """The multiplier as two exact float64 factors: ``m0 * 2^(left - 31)`` and ``2^-right``
+    (double rounding), or ``m0 * 2^(shift - 31)`` and 1 (single rounding)."""
     shift = np.asarray(shift, dtype=np.int64)
+    if _MODE.get() == SINGLE:
+        mult = np.asarray(m0, dtype=np.float64) * np.exp2((shift - 31).astype(np.float64))
+        return mult, np.ones_like(mult)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
     return (np.asarray(m0, dtype=np.float64) * np.exp2((left - 31).astype(np.float64)),
@@ -83,7 +117,9 @@ def float_factors(m0: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def fast_path_ok(bound: float, shift: np.ndarray) -> bool:
-    """True when |x| <= bound keeps the float64 path exact (x * 2^left < 2^21)."""
+    """True when |x| <= bound keeps the float64 path exact (x * 2^left < 2^21, so the
+    product has at most 52 significant bits and the result cannot leave int32), in
+    either rounding mode."""
     left = int(np.max(np.maximum(np.asarray(shift), 0), initial=0))
     return bound * (1 << left) < _FLOAT64_EXACT_X
 
@@ -125,6 +161,10 @@ def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.nd
         return np.broadcast_to(out, np.broadcast_shapes(x.shape, m0.shape, shift.shape)).copy() \
             if out.shape != np.broadcast_shapes(x.shape, m0.shape, shift.shape) else out
     x = x.astype(np.int64)
+    if _MODE.get() == SINGLE:
+        total = 31 - shift
+        y = (x * m0 + (np.int64(1) << (total - 1))) >> total
+        return np.clip(y, INT32_MIN, INT32_MAX)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
     scaled = x << left
@@ -136,7 +176,14 @@ def multiply_by_quantized_multiplier(x: np.ndarray, m0: np.ndarray, shift: np.nd
 
 
 def multiply_by_quantized_multiplier_reference(x: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """The gemmlowp composition, step by step (the definition the fast path is tested against)."""
+    """The definitions, step by step (what the fast paths are tested against): the gemmlowp
+    composition for double rounding, TFLite's single-rounding formula with Python ints."""
+    if _MODE.get() == SINGLE:
+        xs, ms, ss = np.broadcast_arrays(np.asarray(x, dtype=np.int64), np.asarray(m0, dtype=np.int64),
+                                         np.asarray(shift, dtype=np.int64))
+        out = [max(INT32_MIN, min(INT32_MAX, (int(a) * int(b) + (1 << (30 - int(c)))) >> (31 - int(c))))
+               for a, b, c in zip(xs.ravel(), ms.ravel(), ss.ravel())]
+        return np.array(out, dtype=np.int64).reshape(xs.shape)
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)

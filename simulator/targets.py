@@ -11,18 +11,22 @@ class TargetProfile:
     name: str
     c_align: int  # channels padded to a multiple of this
     w_align: int = 1  # width padded to a multiple of this (4-D tensors)
+    rounding: str = "single"  # fixed-point rounding: "single" or "double" (see fixedpoint.py)
     description: str = ""
 
     def to_proto(self) -> model_pb2.Target:
-        return model_pb2.Target(name=self.name, c_align=self.c_align, w_align=self.w_align)
+        rounding = model_pb2.ROUNDING_DOUBLE if self.rounding == "double" else model_pb2.ROUNDING_SINGLE
+        return model_pb2.Target(name=self.name, c_align=self.c_align, w_align=self.w_align, rounding=rounding)
 
 
 TARGETS: dict[str, TargetProfile] = {
     t.name: t
     for t in (
-        TargetProfile("sim-a16", 16, 1, "NHWC, C padded to 16 (int8 NPUs with 16-lane MACs)"),
-        TargetProfile("sim-a32", 32, 1, "NHWC, C padded to 32 (int8 NPUs with 32-lane MACs)"),
-        TargetProfile("sim-a16w8", 16, 8, "NHWC, C padded to 16 and W to 8"),
+        TargetProfile("sim-a16", 16, 1, "single", "NHWC, C padded to 16, single-rounding requantization"),
+        TargetProfile("sim-a32", 32, 1, "single", "NHWC, C padded to 32, single-rounding requantization"),
+        TargetProfile("sim-a16w8", 16, 8, "single", "NHWC, C padded to 16 and W to 8"),
+        TargetProfile("sim-a16-gemmlowp", 16, 1, "double", "NHWC, C padded to 16, gemmlowp double rounding"),
+        TargetProfile("sim-a32-gemmlowp", 32, 1, "double", "NHWC, C padded to 32, gemmlowp double rounding"),
     )
 }
 DEFAULT_TARGET = "sim-a16"
@@ -39,5 +43,6 @@ def get_target(name: str) -> TargetProfile:
 
 
 def from_proto(target: model_pb2.Target) -> TargetProfile:
-    known = TARGETS.get(target.name)
-    return known or TargetProfile(target.name, max(1, target.c_align), max(1, target.w_align))
+    """The profile a program was compiled for, as recorded in it (not looked up by name)."""
+    rounding = "double" if target.rounding == model_pb2.ROUNDING_DOUBLE else "single"
+    return TargetProfile(target.name, max(1, target.c_align), max(1, target.w_align), rounding)

@@ -82,12 +82,13 @@ def compiled(quantized) -> Callable[..., "object"]:
     cache: dict[tuple, Program] = {}
 
     def get(key: str, fmt: str = "QDQ", activations: str = "QUInt8", per_channel: bool = True,
-            preprocess: bool = False) -> Program:
-        ident = (key, fmt, activations, bool(per_channel), bool(preprocess))
+            preprocess: bool = False, target: str = "sim-a16") -> Program:
+        ident = (key, fmt, activations, bool(per_channel), bool(preprocess), target)
         if ident not in cache:
             path = quantized(key, fmt, activations, per_channel)
             spec = PreprocessSpec.parse(_zoo().MODELS[key].preprocess_spec) if preprocess else None
-            cache[ident] = Program(compile_model(path, input_shapes=INPUT_SHAPES.get(key), preprocess=spec))
+            cache[ident] = Program(compile_model(path, input_shapes=INPUT_SHAPES.get(key), preprocess=spec,
+                                                 target=target))
         return cache[ident]
 
     return get

@@ -41,7 +41,7 @@ def test_compile_writes_a_loadable_model_and_info_describes_it(quant_onnx, tmp_p
     info = run_cli("info", str(out), "--json")
     assert info.returncode == 0, info.stderr
     summary = json.loads(info.stdout)
-    assert summary["target"] == {"name": "sim-a32", "c_align": 32, "w_align": 1}
+    assert summary["target"] == {"name": "sim-a32", "c_align": 32, "w_align": 1, "rounding": "single"}
     assert [i["onnx_input"] for i in summary["inputs"]] == ["x"]
     assert summary["inputs"][0]["feed_shape"] == [1, 16, 16, 3]  # NHWC int8 on the board
     ops = [layer["onnx_op"] for layer in summary["layers"]]

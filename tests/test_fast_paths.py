@@ -20,10 +20,11 @@ def _dump_digest(program: Program, feeds: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def small_program(tmp_path_factory) -> Program:
+@pytest.fixture(scope="module", params=["sim-a16", "sim-a16-gemmlowp"])
+def small_program(request, tmp_path_factory) -> Program:
+    """The small model on a single-rounding and on a double-rounding target."""
     path = synthetic.quantize(synthetic.small_cnn(seed=5), tmp_path_factory.mktemp("fast") / "q.onnx")
-    return Program(compile_model(path))
+    return Program(compile_model(path, target=request.param))
 
 
 def _feeds(program: Program) -> list[np.ndarray]:
@@ -40,6 +41,20 @@ def test_float64_requantization_equals_the_int64_path(small_program, monkeypatch
     monkeypatch.setattr(fixedpoint, "fast_path_ok", lambda bound, shift: False)
     slow = _dump_digest(Program(small_program.proto), _feeds(small_program))
     assert fast == slow
+
+
+def test_rounding_mode_travels_in_the_model_and_changes_results(tmp_path):
+    """The target's rounding is recorded in model.bin and used by whoever runs it."""
+    from qverify.simulator import load, save
+
+    path = synthetic.quantize(synthetic.small_cnn(seed=5), tmp_path / "q.onnx")
+    digests = {}
+    for target in ("sim-a16", "sim-a16-gemmlowp"):
+        save(compile_model(path, target=target), tmp_path / f"{target}.bin")
+        program = load(tmp_path / f"{target}.bin")
+        assert program.target.rounding == ("double" if target.endswith("gemmlowp") else "single")
+        digests[target] = _dump_digest(program, _feeds(program))
+    assert digests["sim-a16"] != digests["sim-a16-gemmlowp"]
 
 
 def test_fusion_does_not_change_any_surviving_tensor(tmp_path):

@@ -419,3 +419,47 @@ def test_requantize_counts_nothing_in_range():
     values, saturated = requantize(acc, M0_MIN, 1, 0)  # M = 1.0 exactly
     assert saturated == 0
     np.testing.assert_array_equal(values, acc.astype(np.int8))
+
+
+# ----------------------------------------------------------------------------- single rounding
+from fractions import Fraction as _F  # noqa: E402
+
+from qverify.simulator.fixedpoint import rounding as _rounding  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=st.integers(-(2**31), 2**31 - 1), m0=st.integers(2**30, 2**31 - 1), shift=st.integers(-31, 30))
+@example(x=1, m0=2**30, shift=-1)  # 0.25
+@example(x=-2, m0=2**30, shift=-1)  # -0.5 exactly: half up gives 0
+@example(x=4, m0=2**30, shift=30)  # 2^31: saturates to INT32_MAX
+def test_single_rounding_is_one_round_half_up_of_the_exact_product(x, m0, shift):
+    """TFLITE_SINGLE_ROUNDING: floor(x * m0 / 2^(31 - shift) + 1/2), saturated to int32."""
+    exact = _F(x * m0, 2 ** (31 - shift))
+    want = max(-(2**31), min(2**31 - 1, (exact + _F(1, 2)).numerator // (exact + _F(1, 2)).denominator))
+    with _rounding("single"):
+        got = multiply_by_quantized_multiplier(np.array([x], dtype=np.int64), m0, shift)
+        ref = multiply_by_quantized_multiplier_reference(np.array([x], dtype=np.int64), m0, shift)
+    assert int(got[0]) == want == int(ref[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(xs=st.lists(st.integers(-(2**21) + 1, 2**21 - 1), min_size=1, max_size=40),
+       m0=st.integers(2**30, 2**31 - 1), shift=st.integers(-31, 0))
+def test_single_rounding_float_path_equals_int_path(xs, m0, shift):
+    x = np.array(xs, dtype=np.int64)
+    with _rounding("single"):
+        fast = multiply_by_quantized_multiplier(x, m0, shift)  # |x| < 2^21: the float64 path
+        ref = multiply_by_quantized_multiplier_reference(x, m0, shift)
+    np.testing.assert_array_equal(np.asarray(fast, dtype=np.int64), ref)
+
+
+def test_rounding_mode_is_scoped_and_validated():
+    from qverify.simulator.fixedpoint import rounding_mode
+
+    assert rounding_mode() == "double"
+    with _rounding("single"):
+        assert rounding_mode() == "single"
+    assert rounding_mode() == "double"
+    with pytest.raises(ValueError):
+        with _rounding("banker"):
+            pass

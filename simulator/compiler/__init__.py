@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 import qverify
-from qverify.simulator import targets
+from qverify.simulator import fixedpoint, targets
 from qverify.simulator.compiler import (
     lower_elementwise,
     lower_linear,
@@ -206,7 +206,8 @@ def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = ta
     if preprocess is not None:
         apply_preprocess(ctx, preprocess)
     if fuse:
-        fuse_elementwise(program)
+        with fixedpoint.rounding(profile.rounding):
+            fuse_elementwise(program)
     _prune_unused(program)
     return program
 

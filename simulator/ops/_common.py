@@ -50,7 +50,7 @@ def requant_channels(acc: np.ndarray, node, bound: float, stats, axis: int = 1) 
     int64 path with int32 saturation. ``node.consts[2:4]`` are m0 and shift per channel.
     """
     a = node.attrs
-    key = ("requant", axis, acc.ndim)
+    key = ("requant", axis, acc.ndim, fixedpoint.rounding_mode())
     if key not in node.cache:
         m0, shift = node.consts[2], node.consts[3]
         shape = [1] * acc.ndim
