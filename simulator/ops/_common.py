@@ -43,11 +43,15 @@ def as_2d_spatial(x: np.ndarray) -> tuple[np.ndarray, bool]:
     return x, False
 
 
-def requant_channels(acc: np.ndarray, node, bound: float, stats, axis: int = 1) -> np.ndarray:
-    """Per-output-channel requantization of an accumulator whose |values| <= ``bound``.
+def requant_channels(acc: np.ndarray, node, bound: float, stats, bias: np.ndarray | None = None,
+                     axis: int = 1) -> np.ndarray:
+    """Per-output-channel requantization of ``acc + bias`` where |acc + bias| <= ``bound``.
 
-    Uses the exact float64 path when ``bound`` allows it (decided once per node), else the
-    int64 path with int32 saturation. ``node.consts[2:4]`` are m0 and shift per channel.
+    Uses the exact float64 path when the bound (or, failing that, the values actually
+    present) allows it, else the int64 path with int32 saturation. ``node.consts[2:4]`` are
+    m0 and shift per channel. On the float path the bias, the rounding half and (with single
+    rounding) the zero point are folded into one per-channel offset: ``acc * m`` and
+    ``bias * m + 0.5 + zp`` are exact, and so is their sum, the exact value being representable.
     """
     a = node.attrs
     key = ("requant", axis, acc.ndim, fixedpoint.rounding_mode())
@@ -55,15 +59,30 @@ def requant_channels(acc: np.ndarray, node, bound: float, stats, axis: int = 1) 
         m0, shift = node.consts[2], node.consts[3]
         shape = [1] * acc.ndim
         shape[axis] = -1
-        fast = fixedpoint.fast_path_ok(bound, shift)
         mult, post = fixedpoint.float_factors(m0, shift)
-        node.cache[key] = (fast, mult.reshape(shape), post.reshape(shape), m0.reshape(shape), shift.reshape(shape))
-    fast, mult, post, m0, shift = node.cache[key]
+        single_step = bool(np.all(post == 1.0))
+        offset = (0.0 if bias is None else bias.astype(np.float64) * mult) + 0.5 + (a["y_zp"] if single_step else 0)
+        node.cache[key] = (fixedpoint.fast_path_ok(bound, shift), single_step, mult.reshape(shape),
+                           post.reshape(shape), np.broadcast_to(offset, mult.shape).reshape(shape),
+                           m0.reshape(shape), shift.reshape(shape),
+                           None if bias is None else bias.astype(np.int64).reshape(shape))
+    fast, single_step, mult, post, offset, m0, shift, bias64 = node.cache[key]
+    if not fast and acc.size:
+        # The worst case is rarely reached: decide on the values actually present.
+        extra = 0.0 if bias64 is None else float(np.abs(bias64).max())
+        fast = fixedpoint.fast_path_ok(max(abs(float(acc.max())), abs(float(acc.min()))) + extra, node.consts[3])
     if not fast:
-        return requant(np.asarray(acc, dtype=np.int64), m0, shift, a["y_zp"], stats, a["qmin"], a["qmax"])
-    y = fixedpoint.multiply_float_exact(acc, mult, post)
-    y += a["y_zp"]
-    y, saturated = fixedpoint.clamp_to_int8(y, a["qmin"], a["qmax"])
+        total = np.asarray(acc, dtype=np.int64) if bias64 is None else np.asarray(acc, dtype=np.int64) + bias64
+        return requant(total, m0, shift, a["y_zp"], stats, a["qmin"], a["qmax"])
+    t = np.multiply(acc, mult, dtype=np.float64)
+    t += offset
+    np.floor(t, out=t)
+    if not single_step:
+        t *= post
+        t += np.copysign(0.5, t)
+        np.trunc(t, out=t)
+        t += a["y_zp"]
+    y, saturated = fixedpoint.clamp_to_int8(t, a["qmin"], a["qmax"])
     stats.saturated += saturated
     return y
 

@@ -17,12 +17,16 @@ from qverify.simulator.ops.registry import register
 
 
 def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
-                    max_abs_x: int = 255, w_zp: int | list[int] = 0, acc_dtype: type = np.float64) -> np.ndarray:
+                    max_abs_x: int = 255, w_zp: int | list[int] = 0, acc_dtype: type = np.float64,
+                    spare_rows: int = 0) -> np.ndarray:
     """Exact conv of centered float32 input (N,C,H,W, already padded) with int8 weights.
 
     Returns ``acc_dtype`` holding the exact integer accumulators: float64 always is
     (|values| < 2^53 here); float32 is when the caller knows every |value| < 2^24.
     """
+    full = xc
+    if spare_rows:  # zero rows past the padded image, for the depthwise flat slices
+        xc = xc[:, :, :xc.shape[2] - spare_rows]
     n, c, h, wd = xc.shape
     oc, icg, kh, kw = w.shape
     sh, sw = strides
@@ -38,14 +42,7 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
         max_abs_w = 128 + abs(w_zp)
     if group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24):
         # Depthwise: one multiply-add per tap; every partial sum stays exact in float32.
-        acc = np.zeros((n, c, oh, ow), dtype=np.float32)
-        product = np.empty_like(acc)
-        for i in range(kh):
-            for j in range(kw):
-                tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
-                np.multiply(tap, wf[None, :, 0, i, j, None, None], out=product)
-                acc += product
-        return acc.astype(acc_dtype, copy=False)
+        return _depthwise(full, wf[:, 0], strides, dilations, oh, ow).astype(acc_dtype, copy=False)
     out = np.empty((n, oc, oh * ow), dtype=acc_dtype)
     ocg = oc // group
     for g in range(group):
@@ -61,6 +58,47 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
     return out.reshape(n, oc, oh, ow)
 
 
+def _depthwise(xc: np.ndarray, wf: np.ndarray, strides, dilations, oh: int, ow: int) -> np.ndarray:
+    """Depthwise taps over the flattened image, so every multiply runs along one long axis.
+
+    With equal strides s, output (r, col) of tap (i, j) reads flat input index
+    s * (r * W + col) + i * dh * W + j * dw: each tap is one strided slice of the flattened
+    rows. Outputs are computed on a grid W wide and the columns past ``ow`` dropped; ``xc``
+    carries ``s`` spare zero rows at the bottom so the last slice stays in bounds.
+    """
+    n, c, h, wd = xc.shape
+    kh, kw = wf.shape[1:]
+    sh, sw = strides
+    dh, dw = dilations
+    if sh != sw:
+        acc = np.zeros((n, c, oh, ow), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+                acc += tap * wf[None, :, i, j, None, None]
+        return acc
+    flat = xc.reshape(n, c, h * wd)  # includes the spare rows
+    length = oh * wd
+    acc = np.zeros((n, c, length), dtype=np.float32)
+    product = np.empty_like(acc)
+    for i in range(kh):
+        for j in range(kw):
+            start = i * dh * wd + j * dw
+            tap = flat[:, :, start: start + sh * (length - 1) + 1: sh]
+            np.multiply(tap, wf[None, :, i, j, None], out=product)
+            acc += product
+    return acc.reshape(n, c, oh, wd)[:, :, :, :ow]
+
+
+def padded_centered(x: np.ndarray, zero_point: int, pads, spare_rows: int = 0) -> np.ndarray:
+    """``x - zero_point`` as float32, zero-padded (t, l, b, r) plus ``spare_rows`` zero rows, in one pass."""
+    n, c, h, w = x.shape
+    pt, pl, pb, pr = pads
+    out = np.zeros((n, c, h + pt + pb + spare_rows, w + pl + pr), dtype=np.float32)
+    np.subtract(x, np.float32(zero_point), out=out[:, :, pt:pt + h, pl:pl + w], dtype=np.float32)
+    return out
+
+
 @register("Conv")
 def conv(node, inputs, stats):
     a = node.attrs
@@ -68,18 +106,18 @@ def conv(node, inputs, stats):
     w, bias, m0, shift = node.consts
     if w.ndim == 3:
         w = w[:, :, None, :]
-    pt, pl, pb, pr = a["pads"]
-    xc = np.pad(centered(x, a["x_zp"]), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    depthwise = a["group"] == x.shape[1] == w.shape[0] and w.shape[1] == 1
+    spare = a["strides"][0] + 1 if depthwise else 0
+    xc = padded_centered(x, a["x_zp"], a["pads"], spare)
     bound = weight_bound(node, w, bias)
     # Below 2^21 every partial and final sum is an integer float32 holds exactly.
     acc_dtype = np.float32 if bound < (1 << 21) else np.float64
     acc = conv_accumulate(xc, w, a["group"], a["strides"], a["dilations"], w_zp=a.get("w_zp", 0),
-                          acc_dtype=acc_dtype)
+                          acc_dtype=acc_dtype, spare_rows=spare)
     if a.get("output_int32"):
         acc = acc.astype(np.int64) + bias.astype(np.int64)[None, :, None, None]
         y = saturate_int32(acc, stats).astype(np.int32)
     else:
         # Weights in the first axis of w: the bound is over (IC/group, KH, KW) per output channel.
-        acc += bias.astype(acc_dtype)[None, :, None, None]
-        y = requant_channels(acc, node, bound, stats)
+        y = requant_channels(acc, node, bound, stats, bias)
     return [y[:, :, 0, :] if squeeze else y]
