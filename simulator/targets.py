@@ -1,7 +1,7 @@
 """Target profiles: the native (aligned) layout a board's NPU keeps tensors in."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qverify.v1 import model_pb2
 
@@ -12,7 +12,7 @@ class TargetProfile:
     c_align: int  # channels padded to a multiple of this
     w_align: int = 1  # width padded to a multiple of this (4-D tensors)
     rounding: str = "single"  # fixed-point rounding: "single" or "double" (see fixedpoint.py)
-    description: str = ""
+    description: str = field(default="", compare=False)
 
     def to_proto(self) -> model_pb2.Target:
         rounding = model_pb2.ROUNDING_DOUBLE if self.rounding == "double" else model_pb2.ROUNDING_SINGLE
@@ -45,4 +45,6 @@ def get_target(name: str) -> TargetProfile:
 def from_proto(target: model_pb2.Target) -> TargetProfile:
     """The profile a program was compiled for, as recorded in it (not looked up by name)."""
     rounding = "double" if target.rounding == model_pb2.ROUNDING_DOUBLE else "single"
-    return TargetProfile(target.name, max(1, target.c_align), max(1, target.w_align), rounding)
+    known = TARGETS.get(target.name)
+    return TargetProfile(target.name, max(1, target.c_align), max(1, target.w_align), rounding,
+                         known.description if known else "")
