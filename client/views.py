@@ -66,7 +66,10 @@ def _shape(info: model_pb2.TensorInfo) -> str:
 def _quant(info: model_pb2.TensorInfo) -> str:
     if info.dtype != model_pb2.INT8:
         return model_pb2.DataType.Name(info.dtype).lower()
-    return f"s={info.quant.scale:.4g} zp={info.quant.zero_point}"
+    text = f"s={info.quant.scale:.4g} zp={info.quant.zero_point}"
+    if info.onnx_dtype == 2:  # held as int8, uint8 in the ONNX model: show its own zero point too
+        text += f" (u8 {info.quant.zero_point + 128})"
+    return text
 
 
 def print_info(program, path: Path) -> None:
