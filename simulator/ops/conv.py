@@ -40,7 +40,8 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
     else:
         wf = centered(w, w_zp)
         max_abs_w = 128 + abs(w_zp)
-    if group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24):
+    if (group == c and icg == 1 and oc == c and kh * kw * max_abs_x * max_abs_w < (1 << 24)
+            and spare_rows >= sh + 1):
         # Depthwise: one multiply-add per tap; every partial sum stays exact in float32.
         return _depthwise(full, wf[:, 0], strides, dilations, oh, ow).astype(acc_dtype, copy=False)
     out = np.empty((n, oc, oh * ow), dtype=acc_dtype)
@@ -61,10 +62,10 @@ def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilation
 def _depthwise(xc: np.ndarray, wf: np.ndarray, strides, dilations, oh: int, ow: int) -> np.ndarray:
     """Depthwise taps over the flattened image, so every multiply runs along one long axis.
 
-    With equal strides s, output (r, col) of tap (i, j) reads flat input index
-    s * (r * W + col) + i * dh * W + j * dw: each tap is one strided slice of the flattened
-    rows. Outputs are computed on a grid W wide and the columns past ``ow`` dropped; ``xc``
-    carries ``s`` spare zero rows at the bottom so the last slice stays in bounds.
+    Stride 1: output (r, col) of tap (i, j) reads flat input index r * W + col + i * dh * W
+    + j * dw, so each tap is one contiguous slice of the flattened rows. Outputs are computed
+    on a grid W wide and the columns past ``ow`` dropped; ``xc`` carries spare zero rows at
+    the bottom so the last slice stays in bounds. Stride s: the same on s x s phase planes.
     """
     n, c, h, wd = xc.shape
     kh, kw = wf.shape[1:]
@@ -77,6 +78,26 @@ def _depthwise(xc: np.ndarray, wf: np.ndarray, strides, dilations, oh: int, ow: 
                 tap = xc[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
                 acc += tap * wf[None, :, i, j, None, None]
         return acc
+    if sh > 1 and dh == dw == 1:
+        # Strided: split the image into sh x sh phase planes once, so every tap is again a
+        # contiguous slice (of one plane) and the output grid is not sh times too wide.
+        hq, wq = -(-h // sh), -(-wd // sh)
+        planes = np.zeros((sh, sh, n, c, hq + 2, wq), dtype=np.float32)
+        for a in range(sh):
+            for b in range(sh):
+                part = xc[:, :, a::sh, b::sh]
+                planes[a, b, :, :, :part.shape[2], :part.shape[3]] = part
+        flat_planes = planes.reshape(sh, sh, n, c, (hq + 2) * wq)
+        length = oh * wq
+        acc = np.zeros((n, c, length), dtype=np.float32)
+        product = np.empty_like(acc)
+        for i in range(kh):
+            for j in range(kw):
+                start = (i // sh) * wq + (j // sh)
+                tap = flat_planes[i % sh, j % sh, :, :, start: start + length]
+                np.multiply(tap, wf[None, :, i, j, None], out=product)
+                acc += product
+        return acc.reshape(n, c, oh, wq)[:, :, :, :ow]
     flat = xc.reshape(n, c, h * wd)  # includes the spare rows
     length = oh * wd
     acc = np.zeros((n, c, length), dtype=np.float32)
@@ -84,7 +105,7 @@ def _depthwise(xc: np.ndarray, wf: np.ndarray, strides, dilations, oh: int, ow: 
     for i in range(kh):
         for j in range(kw):
             start = i * dh * wd + j * dw
-            tap = flat[:, :, start: start + sh * (length - 1) + 1: sh]
+            tap = flat[:, :, start: start + length]
             np.multiply(tap, wf[None, :, i, j, None], out=product)
             acc += product
     return acc.reshape(n, c, oh, wd)[:, :, :, :ow]
