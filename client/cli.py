@@ -111,34 +111,31 @@ def demo_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, mapping foreseeable errors to one line and an exit code."""
+    """Entry point: run the app, mapping foreseeable errors to one line and an exit code.
+
+    Usage errors are typer's own (usage text, exit 2); qverify's errors print one line.
+    """
     from qverify.client.zoo import ZooError
     from qverify.simulator.errors import SimulatorError
 
     try:
-        code = app(args=argv, prog_name="qverify", standalone_mode=False)
-        if isinstance(code, int):
-            return code
+        app(args=argv, prog_name="qverify")  # standalone: exits with the command's code
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_BAD_INPUT)
     except Failure as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return exc.code
     except (SimulatorError, ZooError) as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except typer.Exit as exc:
-        return exc.exit_code
+    except OSError as exc:  # unwritable output folder, a file where a folder should be, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"qverify: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("qverify: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return EXIT_BAD_INPUT
-        raise
     return EXIT_OK
 
 

@@ -146,6 +146,8 @@ def quantize(key: str, out_dir: Path, fmt: str = "QDQ", activations: str = "QUIn
     out_dir.mkdir(parents=True, exist_ok=True)
     pre = out_dir / f"{key}.pre.onnx"
     if not pre.exists():
+        # Written under temporary names and renamed at the end: an interrupted run leaves
+        # nothing that a later run would mistake for a finished file.
         model = onnx.load(str(locate(key)))
         # Fix the batch (and PP-OCR's dynamic H, W) so calibration and compiling agree.
         for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, m.input_shape):
@@ -154,10 +156,15 @@ def quantize(key: str, out_dir: Path, fmt: str = "QDQ", activations: str = "QUIn
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         if opset < m.opset:
             model = version_converter.convert_version(model, m.opset)
-        staged = out_dir / f"{key}.fixed.onnx"
-        onnx.save(model, str(staged))
-        quant_pre_process(str(staged), str(pre), skip_symbolic_shape=m.skip_symbolic_shape)
-        staged.unlink()
+        staged = out_dir / f".{key}.fixed.onnx.tmp"
+        pre_tmp = out_dir / f".{key}.pre.onnx.tmp"
+        try:
+            onnx.save(model, str(staged))
+            quant_pre_process(str(staged), str(pre_tmp), skip_symbolic_shape=m.skip_symbolic_shape)
+            pre_tmp.replace(pre)
+        finally:
+            staged.unlink(missing_ok=True)
+            pre_tmp.unlink(missing_ok=True)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -169,8 +176,11 @@ def quantize(key: str, out_dir: Path, fmt: str = "QDQ", activations: str = "QUIn
     name = f"{key}.{fmt.lower()}.{activations.lower()}.{'pc' if per_channel else 'pt'}.onnx"
     out = out_dir / name
     tmp = out_dir / f".{name}.tmp"
-    quantize_static(str(pre), str(tmp), Reader(), quant_format=getattr(QuantFormat, fmt),
-                    activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
-                    per_channel=per_channel)
-    tmp.replace(out)
+    try:
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=getattr(QuantFormat, fmt),
+                        activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
+                        per_channel=per_channel)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

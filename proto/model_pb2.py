@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qverify/v1/model.proto\x12\nqverify.v1\"0\n\x0bQuantParams\x12\r\n\x05scale\x18\x01 \x01(\x02\x12\x12\n\nzero_point\x18\x02 \x01(\x05\"\x90\x02\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tonnx_name\x18\x02 \x01(\t\x12\x17\n\x0fonnx_float_name\x18\n \x01(\t\x12\x12\n\nonnx_dtype\x18\x0b \x01(\x05\x12#\n\x05\x64type\x18\x03 \x01(\x0e\x32\x14.qverify.v1.DataType\x12\r\n\x05shape\x18\x04 \x03(\x03\x12&\n\x05quant\x18\x05 \x01(\x0b\x32\x17.qverify.v1.QuantParams\x12\x16\n\x0e\x61ligned_layout\x18\x06 \x01(\t\x12\x15\n\raligned_shape\x18\x07 \x03(\x03\x12\x17\n\x0f\x61ligned_strides\x18\x08 \x03(\x03\x12\x10\n\x08producer\x18\t \x01(\t\"Z\n\x08\x43onstant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.qverify.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x89\x01\n\tAttribute\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x02H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12#\n\x04ints\x18\x04 \x01(\x0b\x32\x13.qverify.v1.IntListH\x00\x12\'\n\x06\x66loats\x18\x05 \x01(\x0b\x32\x15.qverify.v1.FloatListH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x94\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tconstants\x18\x05 \x03(\t\x12*\n\x05\x61ttrs\x18\x06 \x03(\x0b\x32\x1b.qverify.v1.Node.AttrsEntry\x12(\n\tplacement\x18\x07 \x01(\x0e\x32\x15.qverify.v1.Placement\x12\x12\n\nonnx_nodes\x18\x08 \x03(\t\x12\x0f\n\x07onnx_op\x18\t \x01(\t\x1a\x43\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.qverify.v1.Attribute:\x02\x38\x01\"o\n\nPreprocess\x12\r\n\x05input\x18\x01 \x01(\t\x12\r\n\x05\x63olor\x18\x02 \x01(\t\x12\x13\n\x0bmodel_color\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\x12\x13\n\x0bimage_shape\x18\x06 \x03(\x03\"`\n\x06Target\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63_align\x18\x02 \x01(\x05\x12\x0f\n\x07w_align\x18\x03 \x01(\x05\x12&\n\x08rounding\x18\x04 \x01(\x0e\x32\x14.qverify.v1.Rounding\"\xee\x02\n\x07Program\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06target\x18\x02 \x01(\x0b\x32\x12.qverify.v1.Target\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.qverify.v1.TensorInfo\x12\'\n\tconstants\x18\x06 \x03(\x0b\x32\x14.qverify.v1.Constant\x12\x1f\n\x05nodes\x18\x07 \x03(\x0b\x32\x10.qverify.v1.Node\x12*\n\npreprocess\x18\x08 \x03(\x0b\x32\x16.qverify.v1.Preprocess\x12\x15\n\rsource_sha256\x18\t \x01(\t\x12\x15\n\rsource_format\x18\n \x01(\t\x12\x18\n\x10\x63ompiler_version\x18\x0b \x01(\t\x12\x13\n\x0bonnx_inputs\x18\x0c \x03(\t\x12\x14\n\x0connx_outputs\x18\r \x03(\t*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04INT8\x10\x01\x12\t\n\x05UINT8\x10\x02\x12\t\n\x05INT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05\x12\x0b\n\x07\x46LOAT32\x10\x06*8\n\tPlacement\x12\x19\n\x15PLACEMENT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPU\x10\x01\x12\x07\n\x03\x43PU\x10\x02*4\n\x08Rounding\x12\x13\n\x0fROUNDING_SINGLE\x10\x00\x12\x13\n\x0fROUNDING_DOUBLE\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16qverify/v1/model.proto\x12\nqverify.v1\"0\n\x0bQuantParams\x12\r\n\x05scale\x18\x01 \x01(\x02\x12\x12\n\nzero_point\x18\x02 \x01(\x05\"\xa8\x02\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tonnx_name\x18\x02 \x01(\t\x12\x17\n\x0fonnx_float_name\x18\n \x01(\t\x12\x12\n\nonnx_dtype\x18\x0b \x01(\x05\x12\x16\n\x0elogical_layout\x18\x0c \x01(\t\x12#\n\x05\x64type\x18\x03 \x01(\x0e\x32\x14.qverify.v1.DataType\x12\r\n\x05shape\x18\x04 \x03(\x03\x12&\n\x05quant\x18\x05 \x01(\x0b\x32\x17.qverify.v1.QuantParams\x12\x16\n\x0e\x61ligned_layout\x18\x06 \x01(\t\x12\x15\n\raligned_shape\x18\x07 \x03(\x03\x12\x17\n\x0f\x61ligned_strides\x18\x08 \x03(\x03\x12\x10\n\x08producer\x18\t \x01(\t\"Z\n\x08\x43onstant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05\x64type\x18\x02 \x01(\x0e\x32\x14.qverify.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x89\x01\n\tAttribute\x12\x0b\n\x01i\x18\x01 \x01(\x03H\x00\x12\x0b\n\x01\x66\x18\x02 \x01(\x02H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12#\n\x04ints\x18\x04 \x01(\x0b\x32\x13.qverify.v1.IntListH\x00\x12\'\n\x06\x66loats\x18\x05 \x01(\x0b\x32\x15.qverify.v1.FloatListH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x94\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tconstants\x18\x05 \x03(\t\x12*\n\x05\x61ttrs\x18\x06 \x03(\x0b\x32\x1b.qverify.v1.Node.AttrsEntry\x12(\n\tplacement\x18\x07 \x01(\x0e\x32\x15.qverify.v1.Placement\x12\x12\n\nonnx_nodes\x18\x08 \x03(\t\x12\x0f\n\x07onnx_op\x18\t \x01(\t\x1a\x43\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.qverify.v1.Attribute:\x02\x38\x01\"o\n\nPreprocess\x12\r\n\x05input\x18\x01 \x01(\t\x12\r\n\x05\x63olor\x18\x02 \x01(\t\x12\x13\n\x0bmodel_color\x18\x03 \x01(\t\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\x12\x13\n\x0bimage_shape\x18\x06 \x03(\x03\"`\n\x06Target\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63_align\x18\x02 \x01(\x05\x12\x0f\n\x07w_align\x18\x03 \x01(\x05\x12&\n\x08rounding\x18\x04 \x01(\x0e\x32\x14.qverify.v1.Rounding\"\xee\x02\n\x07Program\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x06target\x18\x02 \x01(\x0b\x32\x12.qverify.v1.Target\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\'\n\x07tensors\x18\x05 \x03(\x0b\x32\x16.qverify.v1.TensorInfo\x12\'\n\tconstants\x18\x06 \x03(\x0b\x32\x14.qverify.v1.Constant\x12\x1f\n\x05nodes\x18\x07 \x03(\x0b\x32\x10.qverify.v1.Node\x12*\n\npreprocess\x18\x08 \x03(\x0b\x32\x16.qverify.v1.Preprocess\x12\x15\n\rsource_sha256\x18\t \x01(\t\x12\x15\n\rsource_format\x18\n \x01(\t\x12\x18\n\x10\x63ompiler_version\x18\x0b \x01(\t\x12\x13\n\x0bonnx_inputs\x18\x0c \x03(\t\x12\x14\n\x0connx_outputs\x18\r \x03(\t*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x08\n\x04INT8\x10\x01\x12\t\n\x05UINT8\x10\x02\x12\t\n\x05INT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05\x12\x0b\n\x07\x46LOAT32\x10\x06*8\n\tPlacement\x12\x19\n\x15PLACEMENT_UNSPECIFIED\x10\x00\x12\x07\n\x03NPU\x10\x01\x12\x07\n\x03\x43PU\x10\x02*4\n\x08Rounding\x12\x13\n\x0fROUNDING_SINGLE\x10\x00\x12\x13\n\x0fROUNDING_DOUBLE\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_ATTRSENTRY']._loaded_options = None
   _globals['_NODE_ATTRSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1510
-  _globals['_DATATYPE']._serialized_end=1614
-  _globals['_PLACEMENT']._serialized_start=1616
-  _globals['_PLACEMENT']._serialized_end=1672
-  _globals['_ROUNDING']._serialized_start=1674
-  _globals['_ROUNDING']._serialized_end=1726
+  _globals['_DATATYPE']._serialized_start=1534
+  _globals['_DATATYPE']._serialized_end=1638
+  _globals['_PLACEMENT']._serialized_start=1640
+  _globals['_PLACEMENT']._serialized_end=1696
+  _globals['_ROUNDING']._serialized_start=1698
+  _globals['_ROUNDING']._serialized_end=1750
   _globals['_QUANTPARAMS']._serialized_start=38
   _globals['_QUANTPARAMS']._serialized_end=86
   _globals['_TENSORINFO']._serialized_start=89
-  _globals['_TENSORINFO']._serialized_end=361
-  _globals['_CONSTANT']._serialized_start=363
-  _globals['_CONSTANT']._serialized_end=453
-  _globals['_ATTRIBUTE']._serialized_start=456
-  _globals['_ATTRIBUTE']._serialized_end=593
-  _globals['_INTLIST']._serialized_start=595
-  _globals['_INTLIST']._serialized_end=620
-  _globals['_FLOATLIST']._serialized_start=622
-  _globals['_FLOATLIST']._serialized_end=649
-  _globals['_NODE']._serialized_start=652
-  _globals['_NODE']._serialized_end=928
-  _globals['_NODE_ATTRSENTRY']._serialized_start=861
-  _globals['_NODE_ATTRSENTRY']._serialized_end=928
-  _globals['_PREPROCESS']._serialized_start=930
-  _globals['_PREPROCESS']._serialized_end=1041
-  _globals['_TARGET']._serialized_start=1043
-  _globals['_TARGET']._serialized_end=1139
-  _globals['_PROGRAM']._serialized_start=1142
-  _globals['_PROGRAM']._serialized_end=1508
+  _globals['_TENSORINFO']._serialized_end=385
+  _globals['_CONSTANT']._serialized_start=387
+  _globals['_CONSTANT']._serialized_end=477
+  _globals['_ATTRIBUTE']._serialized_start=480
+  _globals['_ATTRIBUTE']._serialized_end=617
+  _globals['_INTLIST']._serialized_start=619
+  _globals['_INTLIST']._serialized_end=644
+  _globals['_FLOATLIST']._serialized_start=646
+  _globals['_FLOATLIST']._serialized_end=673
+  _globals['_NODE']._serialized_start=676
+  _globals['_NODE']._serialized_end=952
+  _globals['_NODE_ATTRSENTRY']._serialized_start=885
+  _globals['_NODE_ATTRSENTRY']._serialized_end=952
+  _globals['_PREPROCESS']._serialized_start=954
+  _globals['_PREPROCESS']._serialized_end=1065
+  _globals['_TARGET']._serialized_start=1067
+  _globals['_TARGET']._serialized_end=1163
+  _globals['_PROGRAM']._serialized_start=1166
+  _globals['_PROGRAM']._serialized_end=1532
 # @@protoc_insertion_point(module_scope)

@@ -49,11 +49,12 @@ class QuantParams(_message.Message):
     def __init__(self, scale: _Optional[float] = ..., zero_point: _Optional[int] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
-    __slots__ = ("name", "onnx_name", "onnx_float_name", "onnx_dtype", "dtype", "shape", "quant", "aligned_layout", "aligned_shape", "aligned_strides", "producer")
+    __slots__ = ("name", "onnx_name", "onnx_float_name", "onnx_dtype", "logical_layout", "dtype", "shape", "quant", "aligned_layout", "aligned_shape", "aligned_strides", "producer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ONNX_NAME_FIELD_NUMBER: _ClassVar[int]
     ONNX_FLOAT_NAME_FIELD_NUMBER: _ClassVar[int]
     ONNX_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     QUANT_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +66,7 @@ class TensorInfo(_message.Message):
     onnx_name: str
     onnx_float_name: str
     onnx_dtype: int
+    logical_layout: str
     dtype: DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
     quant: QuantParams
@@ -72,7 +74,7 @@ class TensorInfo(_message.Message):
     aligned_shape: _containers.RepeatedScalarFieldContainer[int]
     aligned_strides: _containers.RepeatedScalarFieldContainer[int]
     producer: str
-    def __init__(self, name: _Optional[str] = ..., onnx_name: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., onnx_dtype: _Optional[int] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., quant: _Optional[_Union[QuantParams, _Mapping]] = ..., aligned_layout: _Optional[str] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., producer: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., onnx_name: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., onnx_dtype: _Optional[int] = ..., logical_layout: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., quant: _Optional[_Union[QuantParams, _Mapping]] = ..., aligned_layout: _Optional[str] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., producer: _Optional[str] = ...) -> None: ...
 
 class Constant(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")

@@ -97,6 +97,24 @@ class Simulator:
             if name not in keep and name not in self.program.constants:
                 self._free_after[index].append(name)
 
+    def intercept(self, node_name: str, wrapper: Callable[[Callable], Callable]) -> None:
+        """Replace the kernel of node ``node_name`` by ``wrapper(kernel)``.
+
+        The emulated board's fault injection uses this to make a layer misbehave.
+        """
+        for index, node in enumerate(self.program.nodes):
+            if node.name == node_name:
+                self._kernels[index] = wrapper(self._kernels[index])
+                return
+        raise InputError(f"no node named '{node_name}' in the program; see 'qverify info'")
+
+    def node_for_tensor(self, name: str) -> str:
+        """The node producing tensor ``name`` (or ``name`` itself if it is a node)."""
+        for node in self.program.nodes:
+            if node.name == name or name in node.outputs:
+                return node.name
+        raise InputError(f"no node or tensor named '{name}' in the program; see 'qverify info'")
+
     def _cpu_runner(self, node: NodeView) -> Callable:
         kernel = registry.cpu_kernel(node.onnx_op)
         tensors = self.program.tensors
@@ -191,6 +209,11 @@ class Simulator:
         shape = tuple(value.shape)
         valid = value if dump_layout in ("valid", "both") else None
         aligned = None
+        if tensor.info.logical_layout:  # an image held as received: aligned is the tensor itself
+            if dump_layout in ("aligned", "both"):
+                aligned = value
+            return Dump(tensor, producer, valid, aligned, shape, layout.element_strides(shape),
+                        tensor.info.logical_layout)
         if dump_layout in ("aligned", "both"):
             pad = tensor.zero_point if tensor.quantized else 0
             aligned = layout.to_aligned(value, target, pad)

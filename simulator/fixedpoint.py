@@ -53,7 +53,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if real == 0.0:
         return 0, 0
     mantissa, shift = math.frexp(real)  # real = mantissa * 2**shift, mantissa in [0.5, 1)
-    m0 = round(mantissa * (1 << 31))
+    m0 = math.floor(mantissa * (1 << 31) + 0.5)  # half away from zero, as TFLite's QuantizeMultiplier
     if m0 == (1 << 31):  # mantissa rounded up to 1.0
         m0 //= 2
         shift += 1

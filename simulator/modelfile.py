@@ -63,6 +63,9 @@ def save(program: model_pb2.Program, path: str | os.PathLike) -> str:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a model is not a secret
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -60,6 +60,17 @@ def make_constant(name: str, array: np.ndarray) -> model_pb2.Constant:
                               data=array.astype(array.dtype.newbyteorder("<")).tobytes())
 
 
+class Attrs(dict):
+    """Node attributes; a missing one is a malformed model, not a KeyError."""
+
+    def __init__(self, values: dict, node: str, op: str) -> None:
+        super().__init__(values)
+        self.node, self.op = node, op
+
+    def __missing__(self, key: str):
+        raise ModelFormatError(f"node '{self.node}' ({self.op}) lacks attribute '{key}'; recompile the model")
+
+
 @dataclass
 class NodeView:
     """A program node as kernels see it: attrs as Python values, constants as arrays."""
@@ -120,10 +131,24 @@ class Program:
                 float(info.quant.scale), int(info.quant.zero_point), info)
         self.nodes: list[NodeView] = []
         known = set(self.tensors) | set(self.constants)
+        ready = set(proto.inputs) | set(self.constants)
+        from qverify.simulator.ops import registry
+
         for node in proto.nodes:
             for name in node.inputs:
                 if name and name not in known:
                     raise ModelFormatError(f"node '{node.name}' reads unknown tensor '{name}'")
+                if name and name not in ready:
+                    raise ModelFormatError(f"node '{node.name}' reads '{name}' before any node writes it; "
+                                           "the model is corrupt or not in execution order, recompile it")
+            if node.placement == model_pb2.CPU:
+                if not registry.has_cpu_kernel(node.onnx_op or node.op):
+                    raise ModelFormatError(f"node '{node.name}' runs ONNX op '{node.onnx_op}' on the CPU, which this "
+                                           "qverify cannot; update qverify or recompile the model")
+            elif node.op not in registry.npu_ops():
+                raise ModelFormatError(f"node '{node.name}' uses op '{node.op}', unknown to this qverify; "
+                                       "update qverify or recompile the model")
+            ready.update(node.outputs)
             for name in node.constants:
                 if name not in self.constants:
                     raise ModelFormatError(f"node '{node.name}' reads unknown constant '{name}'")
@@ -132,7 +157,7 @@ class Program:
                     raise ModelFormatError(f"node '{node.name}' writes undeclared tensor '{name}'")
             self.nodes.append(NodeView(
                 node.name, node.op, list(node.inputs), list(node.outputs),
-                {k: attr_value(v) for k, v in node.attrs.items()},
+                Attrs({k: attr_value(v) for k, v in node.attrs.items()}, node.name, node.op),
                 [self.constants[c] for c in node.constants], node.placement,
                 node.onnx_op or node.op, list(node.onnx_nodes)))
         for name in list(proto.inputs) + list(proto.outputs):

@@ -120,9 +120,10 @@ def test_compile_to_a_missing_folder_is_refused(quant_onnx, tmp_path):
     assert_one_line_error(proc, 2, "does not exist")
 
 
-def test_agent_stub_says_not_built_yet():
-    proc = subprocess.run([sys.executable, "-m", "qverify.agent.cli"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "not built yet" in proc.stderr
+def test_agent_version_names_the_protocol():
+    proc = subprocess.run([sys.executable, "-m", "qverify.agent.cli", "version"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "protocol 1.0" in proc.stdout
 
 
 def test_simulator_matches_onnxruntime_on_the_small_model(quant_onnx, tmp_path):
@@ -144,3 +145,20 @@ def test_simulator_matches_onnxruntime_on_the_small_model(quant_onnx, tmp_path):
         lsb = np.abs(dequantize(got, out.scale, out.zero_point) - want) / out.scale
         assert lsb.max() <= 2.01, lsb
         assert np.argmax(got) == np.argmax(want)
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["info"], ["compile"], ["--nope"], ["demo", "--images", "99"]])
+def test_usage_errors_exit_2_without_traceback(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "Usage" in proc.stderr + proc.stdout
+
+
+def test_unwritable_output_is_one_line(quant_onnx, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("compile", str(quant_onnx), "-o", str(blocker / "m.bin"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_cli("demo", "--workdir", str(blocker))
+    assert_one_line_error(proc, 2, "file")

@@ -39,10 +39,10 @@ def test_conv_accumulate_equals_the_int64_reference(data):
     oc = c if kind == "depthwise" else data.draw(st.integers(1, 5)) * group
     kh, kw = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
     s = data.draw(st.integers(1, 3))
-    d = (1, 1) if s > 1 else (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    d = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
     pads = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
-    h = data.draw(st.integers((kh - 1) * d[0] + 1, 12))
-    wd = data.draw(st.integers((kw - 1) * d[1] + 1, 12))
+    h = data.draw(st.integers(max(1, (kh - 1) * d[0] + 1 - pads[0] - pads[2]), 12))
+    wd = data.draw(st.integers(max(1, (kw - 1) * d[1] + 1 - pads[1] - pads[3]), 12))
     zp = data.draw(st.integers(-128, 127))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = rng.integers(-128, 128, (1, c, h, wd), dtype=np.int8)

@@ -27,6 +27,7 @@ from qverify.simulator.compiler.context import CPU_HINT, FValue, Lowering, QCons
 from qverify.simulator.compiler.graph import Graph, build_graph
 from qverify.simulator.compiler.preprocess import PreprocessSpec, apply_preprocess
 from qverify.simulator.errors import CompileError
+from qverify.simulator.ops import registry
 from qverify.v1 import model_pb2
 
 __all__ = ["compile_model", "PreprocessSpec", "CompileError", "LOWERINGS"]
@@ -79,12 +80,18 @@ def _parse_inputs(ctx: Lowering, graph: Graph) -> None:
             ctx.values[name] = QValue(name, scale, zp)
             ctx.program.inputs.append(name)
         elif qs and len(qs) == len(consumers):
-            q = qs[0]
             ctx.define_q_output(name, "")
-            ctx.program.inputs.append(ctx.values[name].name)
-            for other in qs[1:]:  # a second QuantizeLinear of the same input with other parameters
-                ctx.values.setdefault(other.output[0], ctx.values[name])
-            del q
+            first = ctx.values[name]
+            ctx.program.inputs.append(first.name)
+            for other in qs[1:]:  # more QuantizeLinears of the same input
+                scale, zp, elem = q_params_from(graph, other)
+                s, z = float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+                if np.float32(s) == np.float32(first.scale) and z == first.zp:
+                    ctx.values[other.output[0]] = first
+                else:  # other parameters: requantize the int8 input (a Lut)
+                    ctx.add_tensor(other.output[0], np.int8, shape, s, z, onnx_float_name=name, onnx_dtype=elem)
+                    ctx.emit_requant(other, first, other.output[0], s, z)
+                    ctx.values[other.output[0]] = QValue(other.output[0], s, z)
         elif elem == onnx.TensorProto.FLOAT:
             ctx.add_tensor(name, np.float32, shape)
             ctx.values[name] = FValue(name)
@@ -138,8 +145,10 @@ def _lower_quantize(ctx: Lowering, graph: Graph, node: onnx.NodeProto) -> None:
         ctx.values[out] = QValue(out, s, z)
     elif isinstance(value, FValue):  # float activation quantized on the CPU
         ctx.add_tensor(out, np.int8, ctx.shape(out), s, z, onnx_float_name=node.input[0], onnx_dtype=elem)
+        # The CPU passes the float through (Identity); the executor quantizes CPU outputs
+        # declared int8, which is exactly QuantizeLinear.
         ctx.emit("Identity", node, [value.name], [out], attrs={"_opset": graph.opset},
-                 placement=model_pb2.CPU, onnx_op="QuantizeLinear")
+                 placement=model_pb2.CPU, onnx_op="Identity")
         ctx.values[out] = QValue(out, s, z)
     else:
         raise CompileError("QuantizeLinear of a constant is not supported; fold it into an initializer",
@@ -153,7 +162,14 @@ def _lower_compute(ctx: Lowering, node: onnx.NodeProto) -> None:
     if node.domain not in ("", "ai.onnx"):
         raise CompileError(f"op of domain '{node.domain}' is not supported", node=node.name, op=node.op_type)
     lower = LOWERINGS.get(node.op_type)
-    if lower is not None and lower(ctx, node):
+    try:
+        if lower is not None and lower(ctx, node):
+            return
+    except ValueError as exc:  # e.g. a negative or huge requantization multiplier
+        if not registry.has_cpu_kernel(node.op_type):
+            raise CompileError(f"cannot be put on the integer path ({exc})", node=node.name, op=node.op_type,
+                               hint=CPU_HINT.format(node=node.name)) from None
+        ctx.emit_cpu(node, reason=f" ({exc})")
         return
     if lower_elementwise.lower_lut(ctx, node):
         return

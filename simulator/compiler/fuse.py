@@ -77,7 +77,6 @@ def fuse_elementwise(program: model_pb2.Program) -> int:
         new_nodes = alive
     live_tensors = {i for n in new_nodes for i in n.inputs} | {o for n in new_nodes for o in n.outputs} \
         | set(program.inputs) | outputs
-    # Onnx node provenance of fused-away producers moves to the fused node.
     kept_tensors = [t for t in program.tensors if t.name in live_tensors]
     del program.tensors[:]
     program.tensors.extend(kept_tensors)

@@ -36,6 +36,11 @@ def lower_lut(ctx: Lowering, node: onnx.NodeProto) -> bool:
     if out is None:
         return False
     x = operands[acts[0]]
+    if any(v is not None and i != acts[0] and not isinstance(v, (QConst, np.ndarray, np.generic, float, int))
+           for i, v in enumerate(operands)):
+        return False  # another activation (float) operand: not a function of x alone
+    if ctx.shape(node.output[0]) != ctx.shape(node.input[acts[0]]):
+        return False  # a constant that broadcasts to a higher rank changes the shape
     codes = np.arange(-128, 128, dtype=np.int32)
     feeds = []
     for i, v in enumerate(operands):

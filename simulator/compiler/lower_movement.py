@@ -43,7 +43,7 @@ def emit_movement(ctx: Lowering, node: onnx.NodeProto, x: QValue, op: str, attrs
     ctx.emit(op, node, [x.name], outputs, list(consts), attrs)
     for name, (q_name, scale, zp, elem) in requants:
         ctx.add_tensor(q_name, np.int8, ctx.tensor_infos[name].shape, scale, zp, onnx_dtype=elem)
-        ctx.emit_requant(node, ctx.values[node.output[0]], q_name, scale, zp)
+        ctx.emit_requant(node, QValue(name, x.scale, x.zp), q_name, scale, zp)
         ctx.values[q_name] = QValue(q_name, scale, zp)
 
 
@@ -115,6 +115,8 @@ def _lower_pad(ctx, node, x, attrs, rank) -> bool:
         value = float(np.asarray(value.real() if hasattr(value, "real") and callable(value.real) else value))
     else:
         pads, value = attrs["pads"], float(attrs.get("value", 0.0))
+    if any(int(p) < 0 for p in pads):
+        return False  # cropping pads: left to the CPU kernel
     mode = attrs.get("mode", "constant")
     q = int(np.clip(np.rint(value / x.scale) + x.zp, -128, 127))
     emit_movement(ctx, node, x, "Pad", {"pads": pads, "mode": mode, "value": q})

@@ -25,7 +25,7 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale: float) -> np.nda
         return i * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros(out_len)
     if mode == "asymmetric":
         return i / scale
-    if mode == "tf_half_pixel_for_nearest":
+    if mode in ("tf_half_pixel_for_nearest", "tf_half_pixel_for_nn"):
         return (i + 0.5) / scale
     raise ValueError(mode)
 
@@ -93,7 +93,10 @@ def lower_resize(ctx: Lowering, node: onnx.NodeProto) -> bool:
         return False
     if ct_mode == "tf_crop_and_resize" or attrs.get("antialias", 0) or attrs.get("exclude_outside", 0):
         return False
-    coords = [_source_coords(ct_mode, o, i, s) for o, i, s in zip(out_shape, in_shape, scales)]
+    try:
+        coords = [_source_coords(ct_mode, o, i, s) for o, i, s in zip(out_shape, in_shape, scales)]
+    except ValueError:
+        return False  # a coordinate mode the integer path does not know: the CPU kernel runs it
     if mode == "nearest":
         if ctx.graph.opset >= 11:
             rules = [attrs.get("nearest_mode", "round_prefer_floor")] * len(in_shape)

@@ -3,7 +3,7 @@
 The board gets the camera's image as is (BGR, RGB or GRAY, NHWC, uint8) and does the
 channel swap, ``(p - mean) / std`` and quantization with one 256-entry table per
 channel. The spec is stored in model.bin so the host computes the ONNX model's float
-input from the same image the same way (``qverify.simulator.preprocess_image``).
+input from the same image the same way (:func:`normalize`).
 """
 from __future__ import annotations
 
@@ -55,11 +55,13 @@ class PreprocessSpec:
 
 def channel_map(color: str, model_color: str, channels: int) -> list[int]:
     """For each model channel, the image channel it reads."""
+    if channels not in (1, 3):
+        raise ValueError(f"embedded preprocessing handles 1- or 3-channel inputs, this one has {channels}")
     if color == "GRAY":
         return [0] * channels
-    if channels == 1:
-        raise ValueError("a one-channel model takes GRAY images")
-    if color == model_color or model_color == "GRAY":
+    if channels == 1 or model_color == "GRAY":
+        raise ValueError("a one-channel (GRAY) model takes GRAY images: use 'gray:...'")
+    if color == model_color:
         return [0, 1, 2]
     return [2, 1, 0]
 
@@ -99,6 +101,17 @@ def apply_preprocess(ctx, spec: PreprocessSpec) -> None:
         tables.append(quantize(real, info.quant.scale, info.quant.zero_point)[0])
     image_name = f"{name}/image"
     ctx.add_tensor(image_name, np.uint8, tuple(pre.image_shape))
+    image = ctx.tensor_infos[image_name]
+    image.logical_layout = "NHWC"  # held as received: aligned == valid, no padding
+    image.aligned_layout = "NHWC"
+    del image.aligned_shape[:]
+    image.aligned_shape.extend(pre.image_shape)
+    del image.aligned_strides[:]
+    strides, acc = [], 1
+    for dim in reversed(list(pre.image_shape)):
+        strides.append(acc)
+        acc *= dim
+    image.aligned_strides.extend(reversed(strides))
     const = ctx.add_const(f"{name}/preprocess_tables", np.stack(tables))
     node = model_pb2.Node(name=f"{name}/preprocess", op="Preprocess", inputs=[image_name], outputs=[target],
                           constants=[const], placement=model_pb2.NPU, onnx_op="Preprocess")

@@ -71,7 +71,7 @@ def _depthwise(xc: np.ndarray, wf: np.ndarray, strides, dilations, oh: int, ow: 
     kh, kw = wf.shape[1:]
     sh, sw = strides
     dh, dw = dilations
-    if sh != sw:
+    if sh != sw or (sh > 1 and (dh, dw) != (1, 1)):
         acc = np.zeros((n, c, oh, ow), dtype=np.float32)
         for i in range(kh):
             for j in range(kw):

@@ -66,9 +66,9 @@ def has_cpu_kernel(op: str) -> bool:
     return op in _CPU
 
 
-def npu_ops() -> list[str]:
+def npu_ops() -> set[str]:
     load_kernels()
-    return sorted(_NPU)
+    return set(_NPU)
 
 
 def cpu_ops() -> list[str]:

@@ -23,7 +23,7 @@ def _original(mode: str, x: np.ndarray, scale: np.float32, out_len: int, in_len:
         return x / scale
     if mode == "pytorch_half_pixel":
         return (x + half) / scale - half if out_len > 1 else np.zeros_like(x)
-    if mode in ("tf_half_pixel_for_nn", "tf_half_pixel_for_nearest"):  # spec name, and the brief's
+    if mode in ("tf_half_pixel_for_nn", "tf_half_pixel_for_nearest"):  # the spec's name, and a common alias
         return (x + half) / scale
     if mode == "align_corners":
         return x * _F(in_len - 1) / _F(out_len - 1) if out_len > 1 else np.zeros_like(x)
