@@ -1,0 +1,7 @@
+"""qverify.agent: the board daemon ``qverify-agent`` (gRPC), its model store and backends.
+
+Imports only grpcio, protobuf, numpy and qverify's own runtime parts: boards install
+nothing else (a test checks ``sys.modules`` of a running agent).
+"""
+PROTOCOL_VERSION = "1.0"
+DEFAULT_PORT = 7060

@@ -1,13 +1,118 @@
-"""``qverify-agent``: the board daemon (not built yet; it arrives with the agent issue)."""
+"""``qverify-agent``: the board daemon's command line (argparse: boards have no typer).
+
+    qverify-agent serve [--listen 127.0.0.1:7060] [--model-dir DIR] [--backend sim]
+                        [--target sim-a16] [--token-file F] [--tls-cert C --tls-key K]
+                        [--tls-client-ca CA] [--insecure] [--max-queue N] [--fault KIND:TARGET]
+
+Exit codes: 0 stopped cleanly, 2 bad options, 3 could not start (port, files).
+"""
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import socket
+import stat
 import sys
+from pathlib import Path
+
+from qverify.agent import DEFAULT_PORT
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().rstrip("ib").rstrip("b") if text.lower().endswith(("ib", "b")) else text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 512M, 4G)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="qverify-agent", description="qverify board agent (gRPC daemon)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the agent until SIGTERM")
+    s.add_argument("--listen", default=env("QVERIFY_AGENT_LISTEN", f"127.0.0.1:{DEFAULT_PORT}"),
+                   help="HOST:PORT to listen on (default loopback; a network address needs a token or TLS)")
+    s.add_argument("--model-dir", type=Path, default=Path(env("QVERIFY_AGENT_MODEL_DIR", "/var/lib/qverify/models")),
+                   help="model store folder (content-addressed <sha256>.bin files)")
+    s.add_argument("--backend", default=env("QVERIFY_AGENT_BACKEND", "sim"), help="sim (emulated board) or a vendor backend")
+    s.add_argument("--target", default=env("QVERIFY_AGENT_TARGET", "sim-a16"), help="target profile of this board")
+    s.add_argument("--npu-cores", type=int, default=1, help="NPU cores (one run at a time per core)")
+    s.add_argument("--board-id", default=env("QVERIFY_AGENT_BOARD_ID", socket.gethostname()))
+    s.add_argument("--token-file", type=Path, default=env("QVERIFY_AGENT_TOKEN_FILE"),
+                   help="file holding the token clients must send (authorization: Bearer <token>)")
+    s.add_argument("--tls-cert", type=Path)
+    s.add_argument("--tls-key", type=Path)
+    s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    s.add_argument("--insecure", action="store_true", help="allow a network listen address without token or TLS")
+    s.add_argument("--max-queue", type=int, default=8, help="runs that may wait per board before RESOURCE_EXHAUSTED")
+    s.add_argument("--max-model-size", type=_size, default=_size("512M"))
+    s.add_argument("--max-message-size", type=_size, default=_size("64M"))
+    s.add_argument("--store-capacity", type=_size, default=_size(env("QVERIFY_AGENT_STORE_CAPACITY", "4G")))
+    s.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    s.add_argument("--grace", type=float, default=30.0, help="seconds running calls get to finish on SIGTERM")
+    s.add_argument("--fault", action="append", default=[], metavar="KIND:TARGET",
+                   help="TEST TOOLING for the emulated board: bitflip:LAYER, lsb:LAYER, padding:LAYER|all, "
+                        "delay:MS, crash:LAYER")
+    s.add_argument("--log-level", default=env("QVERIFY_AGENT_LOG_LEVEL", "INFO"))
+    sub.add_parser("version", help="print the agent and protocol versions")
+    return parser
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise SystemExit(f"qverify-agent: error: --token-file {path}: {exc.strerror}")
+    if not token:
+        raise SystemExit(f"qverify-agent: error: --token-file {path} is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logging.getLogger("qverify.agent").warning("token file %s is readable by others; chmod 600 it", path)
+    return token
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("qverify-agent: not built yet: the board daemon is not part of this release; "
-          "use 'qverify compile' and the simulator API for now", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        import qverify
+        from qverify.agent import PROTOCOL_VERSION
+
+        print(f"qverify-agent {qverify.__version__} (protocol {PROTOCOL_VERSION})")
+        return 0
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qverify.agent.faults import parse_fault
+    from qverify.agent.server import ConfigError, ServerOptions, serve
+    from qverify.agent.service import AgentConfig
+    from qverify.agent.store import StoreError
+    from qverify.simulator.errors import SimulatorError
+    from qverify.simulator.targets import get_target
+
+    try:
+        faults = [parse_fault(text) for text in args.fault]
+        target = get_target(args.target)
+        options = ServerOptions(
+            listen=args.listen, model_dir=args.model_dir, backend=args.backend, target=target,
+            npu_cores=args.npu_cores, token=_read_token(args.token_file) if args.token_file else None,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, insecure=args.insecure,
+            store_capacity=args.store_capacity, workers=args.workers, grace_s=args.grace,
+            config=AgentConfig(board_id=args.board_id, max_queue=args.max_queue, max_model_bytes=args.max_model_size,
+                               max_message_bytes=args.max_message_size))
+        if faults:
+            logging.getLogger("qverify.agent").warning("FAULT INJECTION active (test tooling): %s",
+                                                       ", ".join(map(str, faults)))
+        return serve(options, faults)
+    except (ValueError, ConfigError, SimulatorError) as exc:
+        print(f"qverify-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, OSError) as exc:
+        print(f"qverify-agent: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The backend interface: what the agent needs from a board's runtime.
+
+A backend is a context manager (``with backend: ...``) that loads compiled models and
+runs them. The emulated board (``sim``) is one backend; a vendor runtime is another,
+registered under the entry-point group ``qverify.backends``.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qverify.simulator.executor import Dump, RunResult
+from qverify.simulator.program import Program
+
+
+@dataclass
+class BackendInfo:
+    name: str
+    runtime_version: str
+    driver_version: str = ""
+    firmware_version: str = ""
+    npu_cores: int = 1
+    capabilities: list[str] = field(default_factory=list)
+
+
+class LoadedModel(abc.ABC):
+    """A model ready to run on one backend. ``program`` describes its tensors."""
+
+    program: Program
+
+    @abc.abstractmethod
+    def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
+            sink: Callable[[Dump], None] | None = None, core: int = 0) -> RunResult:
+        """Run once on NPU core ``core``; inputs in the board feed layout."""
+
+
+class Backend(abc.ABC):
+    """Loads and runs compiled models. Use as a context manager."""
+
+    @abc.abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    @abc.abstractmethod
+    def load(self, path: Path, sha256: str) -> LoadedModel:
+        """Load model.bin at ``path``; raise BackendError with a sentence on failure."""
+
+    def close(self) -> None:
+        """Release the runtime."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BackendError(Exception):
+    """A backend could not load or run a model; the message says what and why."""
+
+
+class ModelMismatch(BackendError):
+    """The model was compiled for another target than this board's."""

@@ -1,0 +1,88 @@
+"""The ``sim`` backend: the emulated board, running the shared integer simulator."""
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import qverify
+from qverify.agent import faults as fault_tools
+from qverify.agent.backends.base import Backend, BackendError, BackendInfo, LoadedModel, ModelMismatch
+from qverify.simulator import Simulator, load
+from qverify.simulator.errors import ModelFormatError
+from qverify.simulator.executor import Dump, RunResult
+from qverify.simulator.targets import TargetProfile
+
+
+class SimModel(LoadedModel):
+    def __init__(self, simulator: Simulator, faults: list[fault_tools.Fault]) -> None:
+        self.simulator = simulator
+        self.program = simulator.program
+        self.faults = faults
+        self.delay = fault_tools.delay_seconds(faults)
+
+    def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
+            sink: Callable[[Dump], None] | None = None, core: int = 0) -> RunResult:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.simulator.run(inputs, dump=dump, dump_layout=dump_layout,
+                                  sink=fault_tools.wrap_sink(sink, self.faults))
+
+
+class SimBackend(Backend):
+    """Emulated board: an x86 (or ARM) machine executing programs bit-exactly.
+
+    ``npu_cores`` emulated cores run concurrently (one run per core at a time, enforced by
+    the agent's scheduler). Loaded programs are cached by sha256 (``cache_size`` entries).
+    """
+
+    def __init__(self, target: TargetProfile, npu_cores: int = 1, faults: list[fault_tools.Fault] = (),
+                 cache_size: int = 8) -> None:
+        self.target = target
+        self.npu_cores = max(1, npu_cores)
+        self.faults = list(faults)
+        self._cache: OrderedDict[str, SimModel] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="sim", runtime_version=f"qverify-sim {qverify.__version__} "
+                           f"(numpy {np.__version__}, {platform.machine()})", npu_cores=self.npu_cores,
+                           capabilities=["dump", "aligned_dump", "perf", "push", "layer_timing"]
+                           + (["faults"] if self.faults else []))
+
+    def load(self, path: Path, sha256: str) -> SimModel:
+        with self._lock:
+            cached = self._cache.get(sha256)
+            if cached is not None:
+                self._cache.move_to_end(sha256)
+                return cached
+        try:
+            program = load(path)
+        except ModelFormatError as exc:
+            raise BackendError(f"model {sha256[:12]}… cannot be loaded: {exc}") from None
+        if (program.target.c_align, program.target.w_align, program.target.rounding) != (
+                self.target.c_align, self.target.w_align, self.target.rounding):
+            raise ModelMismatch(f"model {sha256[:12]}… was compiled for target '{program.target.name}', this board is "
+                                f"'{self.target.name}'; recompile with 'qverify compile --target {self.target.name}'")
+        simulator = Simulator(program)
+        fault_tools.apply_to_simulator(simulator, self.faults)
+        model = SimModel(simulator, self.faults)
+        with self._lock:
+            self._cache[sha256] = model
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return model
+
+    def forget(self, sha256: str) -> None:
+        with self._lock:
+            self._cache.pop(sha256, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,158 @@
+"""Build and run the agent's gRPC server: BoardAgent + health + reflection, auth, TLS, limits."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from qverify.agent import backends, store as store_mod
+from qverify.agent.auth import TokenInterceptor
+from qverify.agent.faults import Fault
+from qverify.agent.service import AgentConfig, BoardAgentService
+from qverify.simulator.targets import TargetProfile
+from qverify.v1 import board_agent_pb2, board_agent_pb2_grpc
+
+log = logging.getLogger("qverify.agent")
+SERVICE_NAME = board_agent_pb2.DESCRIPTOR.services_by_name["BoardAgent"].full_name
+
+
+class ConfigError(Exception):
+    """The agent's options are unsafe or inconsistent; the message says what to change."""
+
+
+@dataclass
+class ServerOptions:
+    listen: str = "127.0.0.1:7060"
+    model_dir: Path = Path("/var/lib/qverify/models")
+    backend: str = "sim"
+    target: TargetProfile | None = None
+    npu_cores: int = 1
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    store_capacity: int = 4 << 30
+    workers: int = 16
+    grace_s: float = 30.0
+    config: AgentConfig = field(default_factory=AgentConfig)
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(options: ServerOptions) -> None:
+    secured = options.token or (options.tls_cert and options.tls_key)
+    if not is_loopback(options.listen) and not secured:
+        if not options.insecure:
+            raise ConfigError(f"--listen {options.listen} is reachable from the network: give --token-file or "
+                              "--tls-cert/--tls-key, or --insecure to accept an open agent")
+        log.warning("listening on %s without a token or TLS (--insecure): anyone on the network can run models",
+                    options.listen)
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if options.tls_client_ca and not options.tls_cert:
+        raise ConfigError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+
+
+class AgentServer:
+    """A running agent. ``start()`` binds; ``stop()`` drains (health NOT_SERVING first)."""
+
+    def __init__(self, options: ServerOptions, faults: list[Fault] = ()) -> None:
+        check_security(options)
+        self.options = options
+        target = options.target
+        backend_cls = backends.backend_class(options.backend)
+        if options.backend == "sim":
+            self.backend = backend_cls(target, npu_cores=options.npu_cores, faults=list(faults))
+        else:
+            self.backend = backend_cls(target)
+        options.config.faults = list(faults)
+        self.store = store_mod.ModelStore(options.model_dir, options.store_capacity, options.config.max_model_bytes)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.service = BoardAgentService(self.backend, self.store, options.config, target.to_proto())
+        message_limit = options.config.max_message_bytes
+        interceptors = [TokenInterceptor(options.token)] if options.token else []
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="qverify-agent"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", message_limit),
+                     ("grpc.max_send_message_length", message_limit),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=options.workers + options.config.max_queue)
+        board_agent_pb2_grpc.add_BoardAgentServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self._bind()
+        self._stopped = threading.Event()
+
+    def _bind(self) -> int:
+        o = self.options
+        try:
+            if o.tls_cert:
+                ca = o.tls_client_ca.read_bytes() if o.tls_client_ca else None
+                creds = grpc.ssl_server_credentials([(o.tls_key.read_bytes(), o.tls_cert.read_bytes())],
+                                                    root_certificates=ca, require_client_auth=ca is not None)
+                port = self.server.add_secure_port(o.listen, creds)
+            else:
+                port = self.server.add_insecure_port(o.listen)
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS files: {exc}") from None
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {o.listen}: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"cannot listen on {o.listen} (in use, or not an address of this machine)")
+        return port
+
+    def start(self) -> None:
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("qverify-agent serving on %s (port %d), backend %s, target %s, store %s", self.options.listen,
+                 self.port, self.options.backend, self.options.target.name, self.options.model_dir)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting work, let running calls finish within the grace period, then stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        log.info("draining: health NOT_SERVING, waiting up to %.0f s for running calls", grace or self.options.grace_s)
+        self.server.stop(self.options.grace_s if grace is None else grace).wait()
+        self.backend.close()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve(options: ServerOptions, faults: list[Fault] = ()) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    agent = AgentServer(options, faults)
+    agent.start()
+    stopping = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=agent.stop, name="qverify-drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.wait()
+    return 0

@@ -1,0 +1,442 @@
+"""The BoardAgent gRPC servicer: model store calls, streamed runs, perf.
+
+Every foreseeable failure becomes a status code with a sentence (see board_agent.proto);
+nothing a client sends can make the agent raise an unhandled exception.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+import qverify
+from qverify.agent import PROTOCOL_VERSION, store as store_mod
+from qverify.agent.backends import Backend, BackendError, ModelMismatch
+from qverify.agent.faults import Fault
+from qverify.agent.scheduler import CoreScheduler, QueueFull, WaitAborted
+from qverify.agent.tensors import TensorError, dtype_name, from_wire, to_wire
+from qverify.simulator.errors import InputError
+from qverify.simulator.executor import Dump, dequantize, feed_shape
+from qverify.v1 import board_agent_pb2 as pb
+from qverify.v1 import board_agent_pb2_grpc, model_pb2
+
+log = logging.getLogger("qverify.agent")
+
+DEFAULT_CHUNK = 1 << 20
+MAX_FRAMES = 10_000
+
+
+@dataclass
+class AgentConfig:
+    board_id: str = field(default_factory=socket.gethostname)
+    max_queue: int = 8
+    max_model_bytes: int = 512 << 20
+    max_message_bytes: int = 64 << 20
+    max_input_bytes: int = 64 << 20
+    faults: list[Fault] = field(default_factory=list)
+
+
+class _Cancelled(Exception):
+    """The client went away; stop working on its run."""
+
+
+class Abort(Exception):
+    """End the call with ``code`` and a sentence (mapped by the error scope)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+def distribution(values_us: list[float]) -> pb.Distribution:
+    if not values_us:
+        return pb.Distribution()
+    return pb.Distribution(min_us=min(values_us), median_us=statistics.median(values_us),
+                           p99_us=_percentile(values_us, 0.99), max_us=max(values_us),
+                           mean_us=statistics.fmean(values_us))
+
+
+class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
+    def __init__(self, backend: Backend, model_store: "store_mod.ModelStore", config: AgentConfig,
+                 target: model_pb2.Target) -> None:
+        self.backend = backend
+        self.store = model_store
+        self.config = config
+        self.target = target
+        info = backend.info()
+        self.backend_info = info
+        self.scheduler = CoreScheduler(info.npu_cores, config.max_queue)
+
+    # ---- info -------------------------------------------------------------------------
+    def GetInfo(self, request, context):
+        info = self.backend_info
+        memory = 0
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            pass
+        return pb.AgentInfo(
+            agent_version=qverify.__version__, protocol_version=PROTOCOL_VERSION, board_id=self.config.board_id,
+            hostname=socket.gethostname(), backend=info.name, runtime_version=info.runtime_version,
+            driver_version=info.driver_version, firmware_version=info.firmware_version, target=self.target,
+            cpu_count=os.cpu_count() or 1, memory_bytes=memory, model_store_path=str(self.store.root),
+            model_store_free_bytes=self.store.free_bytes(),
+            limits=pb.Limits(max_model_bytes=self.config.max_model_bytes,
+                             max_message_bytes=self.config.max_message_bytes,
+                             store_capacity_bytes=self.store.capacity_bytes, max_queue=self.config.max_queue,
+                             max_input_bytes=self.config.max_input_bytes),
+            capabilities=info.capabilities, npu_cores=info.npu_cores,
+            faults=[str(f) for f in self.config.faults])
+
+    # ---- model store ------------------------------------------------------------------
+    def HasModel(self, request, context):
+        with self._errors(context):
+            size = self.store.has(request.sha256)
+            return pb.HasModelReply(present=size is not None, size_bytes=size or 0)
+
+    def ListModels(self, request, context):
+        with self._errors(context):
+            models = [pb.StoredModel(sha256=m.sha256, size_bytes=m.size_bytes, last_used_unix_ms=m.last_used_unix_ms,
+                                     name=m.name, target=m.target) for m in self.store.list()]
+            return pb.ModelList(models=models, used_bytes=self.store.used_bytes(),
+                                capacity_bytes=self.store.capacity_bytes)
+
+    def DeleteModel(self, request, context):
+        with self._errors(context):
+            deleted = self.store.delete(request.sha256)
+            if hasattr(self.backend, "forget"):
+                self.backend.forget(request.sha256)
+            return pb.DeleteModelReply(deleted=deleted)
+
+    def PushModel(self, request_iterator, context):
+        with self._errors(context):
+            first = next(request_iterator, None)
+            if first is None:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "empty push: the first chunk must name sha256 and total_bytes")
+            store_mod.validate_id(first.sha256)
+            if first.total_bytes <= 0:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "the first push chunk must give total_bytes > 0")
+            if self.store.has(first.sha256) is not None:
+                for _ in request_iterator:  # drain: the client may already be streaming
+                    pass
+                return pb.PushModelReply(sha256=first.sha256, size_bytes=self.store.has(first.sha256) or 0,
+                                         already_present=True)
+            with self.store.begin_push(first.sha256, first.total_bytes) as push:
+                push.write(first.data)
+                for chunk in request_iterator:
+                    if not context.is_active():
+                        raise _Cancelled()
+                    push.write(chunk.data)
+                push.commit()
+            log.info("stored model %s (%d bytes)", first.sha256, first.total_bytes)
+            return pb.PushModelReply(sha256=first.sha256, size_bytes=first.total_bytes)
+
+    # ---- runs -------------------------------------------------------------------------
+    def _decode_inputs(self, model, tensors, context) -> dict[str, np.ndarray]:
+        total = sum(len(t.data) for t in tensors)
+        if total > self.config.max_input_bytes:
+            raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"inputs are {total} bytes, more than this agent's limit of {self.config.max_input_bytes}")
+        expected = {t.name: t for t in model.program.inputs}
+        inputs = {}
+        for tensor in tensors:
+            if tensor.name in inputs:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input '{tensor.name}' given twice")
+            want = expected.get(tensor.name)
+            if want is None:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"unknown input '{tensor.name}'; the model's inputs are: {', '.join(expected)}")
+            try:
+                array = from_wire(tensor)
+            except TensorError as exc:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            shape = feed_shape(want)
+            if array.dtype != want.dtype or tuple(array.shape) != shape:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"input '{tensor.name}' expects {want.dtype}{list(shape)}, got "
+                              f"{dtype_name(tensor.dtype)}{list(tensor.shape)}")
+            inputs[tensor.name] = array
+        missing = [name for name in expected if name not in inputs]
+        if missing:
+            want = expected[missing[0]]
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"missing input '{missing[0]}' ({want.dtype}{list(feed_shape(want))})")
+        return inputs
+
+    def Run(self, request, context) -> Iterator[pb.RunReply]:
+        with self._errors(context):
+            frames = request.frames or 1
+            if not 1 <= frames <= MAX_FRAMES or request.warmup < 0 or request.warmup > MAX_FRAMES:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"frames must be 1..{MAX_FRAMES} and warmup 0..{MAX_FRAMES}")
+            chunk = request.chunk_bytes or DEFAULT_CHUNK
+            if not (64 << 10) <= chunk <= (4 << 20):
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk_bytes must be between 64 KiB and 4 MiB")
+            store_mod.validate_id(request.model_sha256)
+            with self.store.pin(request.model_sha256) as path:
+                model = self.backend.load(path, request.model_sha256)
+                inputs = self._decode_inputs(model, request.inputs, context)
+                dump = self._dump_selection(request, model, context)
+                layout = {pb.LAYOUT_VALID: "valid", pb.LAYOUT_ALIGNED: "aligned", pb.LAYOUT_BOTH: "both"}.get(
+                    request.dump_layout, "valid")
+                core = request.core if request.core > 0 else -1
+                remaining = context.time_remaining()
+                with self.scheduler.acquire(core, timeout=remaining, still_wanted=context.is_active) as (chosen, waited):
+                    yield from self._run_frames(model, inputs, request, dump, layout, frames, chunk, chosen, waited,
+                                                context)
+
+    def _dump_selection(self, request, model, context):
+        if request.dump == pb.DUMP_ALL:
+            return "all"
+        if request.dump == pb.DUMP_OUTPUTS:
+            return "outputs"
+        if request.dump == pb.DUMP_NAMED:
+            unknown = [n for n in request.dump_names if n not in model.program.tensors]
+            if unknown:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"no tensor named '{unknown[0]}' in the model; see 'qverify info'")
+            return list(request.dump_names)
+        return None
+
+    def _run_frames(self, model, inputs, request, dump, layout, frames, chunk, core, waited, context):
+        # Warm-up and all but the last measured frame run without dumps.
+        frame_us: list[float] = []
+        layer_us: list[list[float]] = []
+        last = None
+        for index in range(request.warmup + frames):
+            if not context.is_active():
+                raise _Cancelled()
+            final = index == request.warmup + frames - 1
+            if final and dump is not None:
+                break
+            t0 = time.perf_counter()
+            result = model.run(inputs, core=core)
+            if index >= request.warmup:
+                frame_us.append((time.perf_counter() - t0) * 1e6)
+                layer_us.append([layer.seconds * 1e6 for layer in result.layers])
+            last = result
+        if dump is not None:
+            last = yield from self._run_streaming(model, inputs, dump, layout, chunk, core, context, request,
+                                                  frame_us, layer_us)
+        for tensor in model.program.outputs:
+            yield pb.RunReply(output=to_wire(tensor.name, last.outputs[tensor.name]))
+        layers = []
+        for i, layer in enumerate(last.layers):
+            layers.append(pb.LayerTiming(node=layer.node, op=layer.op, placement=layer.placement,
+                                         frame_us=[frame[i] for frame in layer_us if i < len(frame)],
+                                         acc_overflow=layer.acc_overflow, saturated=layer.saturated))
+        yield pb.RunReply(timing=pb.Timing(model=distribution(frame_us), layers=layers, queue_wait_us=waited * 1e6,
+                                           frame_us=frame_us, core=core))
+
+    def _run_streaming(self, model, inputs, dump, layout, chunk, core, context, request, frame_us, layer_us):
+        """Run the last frame in a worker thread, streaming dumps through a bounded queue."""
+        messages: queue.Queue = queue.Queue(maxsize=8)
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        done = object()
+        outcome: dict = {}
+        dequantized = request.dump_values == pb.VALUES_DEQUANTIZED
+        counter = [0]
+
+        def put(message) -> None:
+            while True:
+                if cancelled.is_set():
+                    raise _Cancelled()
+                try:
+                    messages.put(message, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def sink(d: Dump) -> None:
+            index = counter[0]
+            counter[0] += 1
+            for which, array in (("valid", d.valid), ("aligned", d.aligned)):
+                if array is None:
+                    continue
+                if dequantized and d.tensor.quantized:
+                    array = dequantize(array, d.tensor.scale, d.tensor.zero_point)
+                data = np.ascontiguousarray(array).tobytes()
+                header = pb.DumpHeader(
+                    index=index, name=d.tensor.name, producer=d.producer, onnx_float_name=d.tensor.info.onnx_float_name,
+                    dtype=_proto_dtype(array.dtype), shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
+                    aligned_strides=list(d.aligned_strides), aligned_layout=d.aligned_layout,
+                    scale=d.tensor.scale, zero_point=d.tensor.zero_point, layout=which, total_bytes=len(data),
+                    placement=self._placement(model, d.producer))
+                put(pb.RunReply(dump_header=header))
+                view = memoryview(data)
+                for offset in range(0, len(data), chunk):
+                    put(pb.RunReply(dump_chunk=pb.DumpChunk(index=index, offset=offset,
+                                                            data=bytes(view[offset:offset + chunk]))))
+
+        def work() -> None:
+            try:
+                t0 = time.perf_counter()
+                result = model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core)
+                frame_us.append((time.perf_counter() - t0) * 1e6)
+                layer_us.append([layer.seconds * 1e6 for layer in result.layers])
+                outcome["result"] = result
+            except BaseException as exc:  # handed to the RPC thread, which maps it
+                outcome["error"] = exc
+            finally:
+                try:
+                    put(done)
+                except _Cancelled:
+                    pass
+
+        worker = threading.Thread(target=work, name="qverify-run", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    message = messages.get(timeout=0.1)
+                except queue.Empty:
+                    if not context.is_active():
+                        raise _Cancelled()
+                    continue
+                if message is done:
+                    break
+                yield message
+        finally:
+            cancelled.set() if not outcome else None
+            worker.join(timeout=5)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    @staticmethod
+    def _placement(model, producer: str) -> str:
+        for node in model.program.nodes:
+            if node.name == producer:
+                return "cpu" if node.on_cpu else "npu"
+        return ""
+
+    # ---- perf -------------------------------------------------------------------------
+    def Perf(self, request, context):
+        with self._errors(context):
+            frames = request.frames or 100
+            threads = request.threads or 1
+            if not 1 <= frames <= MAX_FRAMES or not 1 <= threads <= self.scheduler.cores:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"frames must be 1..{MAX_FRAMES} and threads 1..{self.scheduler.cores} (NPU cores)")
+            store_mod.validate_id(request.model_sha256)
+            with self.store.pin(request.model_sha256) as path:
+                model = self.backend.load(path, request.model_sha256)
+                inputs = (self._decode_inputs(model, request.inputs, context) if request.inputs
+                          else _random_inputs(model.program))
+                for _ in range(max(0, request.warmup)):
+                    model.run(inputs)
+                latencies: list[float] = []
+                lock = threading.Lock()
+                counter = iter(range(frames))
+
+                def runner() -> None:
+                    while context.is_active():
+                        with lock:
+                            if next(counter, None) is None:
+                                return
+                        with self.scheduler.acquire(-1, timeout=context.time_remaining(),
+                                                    still_wanted=context.is_active) as (core, _):
+                            t0 = time.perf_counter()
+                            model.run(inputs, core=core)
+                            elapsed = (time.perf_counter() - t0) * 1e6
+                        with lock:
+                            latencies.append(elapsed)
+
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    for future in [pool.submit(runner) for _ in range(threads)]:
+                        future.result()
+                wall = time.perf_counter() - started
+                if not context.is_active():
+                    raise _Cancelled()
+                return pb.PerfReply(latency=distribution(latencies), fps=len(latencies) / wall if wall else 0.0,
+                                    frames=len(latencies), threads=threads, wall_s=wall)
+
+    # ---- error mapping ----------------------------------------------------------------
+    class _ErrorScope:
+        def __init__(self, context) -> None:
+            self.context = context
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, exc, tb):
+            if exc is None or isinstance(exc, (GeneratorExit, grpc.RpcError)) or kind is None:
+                return False
+            code, message = _status_for(exc)
+            if code is None:
+                return False
+            if code == grpc.StatusCode.INTERNAL:
+                log.error("call failed: %s", message, exc_info=(kind, exc, tb))
+            self.context.abort(code, message)
+
+    def _errors(self, context) -> "_ErrorScope":
+        return self._ErrorScope(context)
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
+    if isinstance(exc, Abort):
+        return exc.code, str(exc)
+    if isinstance(exc, store_mod.InvalidModelId):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, store_mod.ModelNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, (store_mod.ModelTooLarge, store_mod.StoreFull, QueueFull)):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, (store_mod.HashMismatch, store_mod.TransferIncomplete)):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    if isinstance(exc, store_mod.StoreError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ModelMismatch):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, (InputError, TensorError, ValueError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, WaitAborted):
+        return grpc.StatusCode.DEADLINE_EXCEEDED if "deadline" in str(exc) else grpc.StatusCode.CANCELLED, str(exc)
+    if isinstance(exc, _Cancelled):
+        return grpc.StatusCode.CANCELLED, "the client cancelled the call"
+    if isinstance(exc, BackendError):
+        return grpc.StatusCode.INTERNAL, str(exc)
+    if isinstance(exc, Exception):
+        return grpc.StatusCode.INTERNAL, f"the agent failed: {type(exc).__name__}: {exc}"
+    return None, ""
+
+
+def _proto_dtype(dtype) -> int:
+    from qverify.simulator.program import PROTO_DTYPES
+
+    return PROTO_DTYPES[np.dtype(dtype)]
+
+
+def _random_inputs(program) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for tensor in program.inputs:
+        shape = feed_shape(tensor)
+        if np.issubdtype(tensor.dtype, np.integer):
+            info = np.iinfo(tensor.dtype)
+            out[tensor.name] = rng.integers(info.min, info.max + 1, shape, dtype=tensor.dtype)
+        else:
+            out[tensor.name] = rng.standard_normal(shape).astype(tensor.dtype)
+    return out
