@@ -407,7 +407,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
     if isinstance(exc, (store_mod.HashMismatch, store_mod.TransferIncomplete)):
         return grpc.StatusCode.DATA_LOSS, str(exc)
     if isinstance(exc, store_mod.StoreError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        return getattr(grpc.StatusCode, getattr(exc, "grpc_code", "FAILED_PRECONDITION")), str(exc)
     if isinstance(exc, ModelMismatch):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, (InputError, TensorError, ValueError)):
