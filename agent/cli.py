@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default=env("QVERIFY_AGENT_TARGET", "sim-a16"), help="target profile of this board")
     s.add_argument("--npu-cores", type=int, default=1, help="NPU cores (one run at a time per core)")
     s.add_argument("--board-id", default=env("QVERIFY_AGENT_BOARD_ID", socket.gethostname()))
-    s.add_argument("--token-file", type=Path, default=env("QVERIFY_AGENT_TOKEN_FILE"),
+    s.add_argument("--token-file", type=Path, default=env("QVERIFY_AGENT_TOKEN_FILE") or None,
                    help="file holding the token clients must send (authorization: Bearer <token>)")
     s.add_argument("--tls-cert", type=Path)
     s.add_argument("--tls-key", type=Path)
