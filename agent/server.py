@@ -131,9 +131,13 @@ class AgentServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        grace = self.options.grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
-        log.info("draining: health NOT_SERVING, waiting up to %.0f s for running calls", grace or self.options.grace_s)
-        self.server.stop(self.options.grace_s if grace is None else grace).wait()
+        self.service.draining = True  # new calls get UNAVAILABLE from here on
+        log.info("draining: health NOT_SERVING, waiting up to %.0f s for running calls", grace)
+        if not self.service.wait_idle(grace):
+            log.warning("grace period over with calls still running; stopping anyway")
+        self.server.stop(1.0).wait()
         self.backend.close()
         log.info("stopped")
 

@@ -86,6 +86,20 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         info = backend.info()
         self.backend_info = info
         self.scheduler = CoreScheduler(info.npu_cores, config.max_queue)
+        self.draining = False
+        self._active = 0
+        self._active_lock = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight (draining); False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._active_lock:
+            while self._active:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._active_lock.wait(min(remaining, 0.1))
+        return True
 
     # ---- info -------------------------------------------------------------------------
     def GetInfo(self, request, context):
@@ -164,12 +178,14 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input '{tensor.name}' given twice")
             want = expected.get(tensor.name)
             if want is None:
+                listing = ", ".join(f"'{n}' {t.dtype}{list(feed_shape(t))}" for n, t in expected.items())
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"unknown input '{tensor.name}'; the model's inputs are: {', '.join(expected)}")
+                            f"unknown input '{tensor.name}'; the model's inputs are: {listing}")
             try:
                 array = from_wire(tensor)
             except TensorError as exc:
-                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{exc}; input '{tensor.name}' expects {want.dtype}{list(feed_shape(want))}")
             shape = feed_shape(want)
             if array.dtype != want.dtype or tuple(array.shape) != shape:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -192,6 +208,8 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             chunk = request.chunk_bytes or DEFAULT_CHUNK
             if not (64 << 10) <= chunk <= (4 << 20):
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk_bytes must be between 64 KiB and 4 MiB")
+            # A chunk message carries a few bytes of framing besides its data.
+            chunk = min(chunk, self.config.max_message_bytes - 1024)
             store_mod.validate_id(request.model_sha256)
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
@@ -375,13 +393,24 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
 
     # ---- error mapping ----------------------------------------------------------------
     class _ErrorScope:
-        def __init__(self, context) -> None:
+        """Counts the call as in flight and maps exceptions to status codes."""
+
+        def __init__(self, service: "BoardAgentService", context) -> None:
+            self.service = service
             self.context = context
 
         def __enter__(self):
+            if self.service.draining:
+                self.context.abort(grpc.StatusCode.UNAVAILABLE,
+                                   "the agent is shutting down (draining running calls); retry on its restart")
+            with self.service._active_lock:
+                self.service._active += 1
             return self
 
         def __exit__(self, kind, exc, tb):
+            with self.service._active_lock:
+                self.service._active -= 1
+                self.service._active_lock.notify_all()
             if exc is None or isinstance(exc, (GeneratorExit, grpc.RpcError)) or kind is None:
                 return False
             code, message = _status_for(exc)
@@ -392,7 +421,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             self.context.abort(code, message)
 
     def _errors(self, context) -> "_ErrorScope":
-        return self._ErrorScope(context)
+        return self._ErrorScope(self, context)
 
 
 def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
