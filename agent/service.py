@@ -433,8 +433,6 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, (store_mod.ModelTooLarge, store_mod.StoreFull, QueueFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, (store_mod.HashMismatch, store_mod.TransferIncomplete)):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
     if isinstance(exc, store_mod.StoreError):
         return getattr(grpc.StatusCode, getattr(exc, "grpc_code", "FAILED_PRECONDITION")), str(exc)
     if isinstance(exc, ModelMismatch):

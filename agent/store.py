@@ -97,13 +97,13 @@ class StoreFull(StoreError):
 class HashMismatch(StoreError):
     """The pushed bytes do not hash to the sha256 they were pushed as."""
 
-    grpc_code = "INVALID_ARGUMENT"
+    grpc_code = "DATA_LOSS"
 
 
 class TransferIncomplete(StoreError):
     """The push ended before the declared number of bytes arrived."""
 
-    grpc_code = "INVALID_ARGUMENT"
+    grpc_code = "DATA_LOSS"
 
 
 class TransferSizeError(StoreError):

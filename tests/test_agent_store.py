@@ -110,7 +110,8 @@ def test_errors_carry_grpc_codes() -> None:
     assert InvalidModelId.grpc_code == "INVALID_ARGUMENT"
     assert ModelNotFound.grpc_code == "NOT_FOUND"
     assert ModelTooLarge.grpc_code == StoreFull.grpc_code == "RESOURCE_EXHAUSTED"
-    assert HashMismatch.grpc_code == TransferIncomplete.grpc_code == TransferSizeError.grpc_code == "INVALID_ARGUMENT"
+    assert HashMismatch.grpc_code == TransferIncomplete.grpc_code == "DATA_LOSS"  # the bytes that came are not the model
+    assert TransferSizeError.grpc_code == "INVALID_ARGUMENT"
     for cls in (InvalidModelId, ModelNotFound, ModelTooLarge, StoreFull, HashMismatch, TransferIncomplete,
                 TransferSizeError):
         assert issubclass(cls, StoreError)
