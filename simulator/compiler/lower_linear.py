@@ -8,6 +8,7 @@ from qverify.simulator.compiler.context import CPU_HINT, FValue, Lowering, QCons
 from qverify.simulator.compiler.graph import attrs_of
 from qverify.simulator.errors import CompileError
 from qverify.simulator.fixedpoint import quantize_multipliers
+from qverify.simulator.ops.cpu._util import spatial_pads
 
 
 def _weights(ctx: Lowering, node: onnx.NodeProto, value, channels: int, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -71,20 +72,13 @@ def _spatial(attrs: dict, x_shape, k_shape, node, transpose: bool = False) -> di
                            op=node.op_type, hint=CPU_HINT.format(node=node.name))
     strides = list(attrs.get("strides", [1] * nd))
     dilations = list(attrs.get("dilations", [1] * nd))
-    pads = list(attrs.get("pads", [0] * (2 * nd)))
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and not transpose:
-        pads = [0] * (2 * nd)
-        for i in range(nd):
-            size = x_shape[2 + i]
-            out = -(-size // strides[i])
-            total = max(0, (out - 1) * strides[i] + (k_shape[i] - 1) * dilations[i] + 1 - size)
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + nd] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * nd)
-    elif auto_pad not in ("NOTSET", ""):
+    if auto_pad not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
         raise CompileError(f"auto_pad {auto_pad} is not supported here", node=node.name, op=node.op_type)
+    if transpose and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        attrs = {k: v for k, v in attrs.items() if k != "auto_pad"}  # resolved from the output shape
+    begin, end = spatial_pads(attrs, x_shape[2:], list(k_shape), strides, dilations)
+    pads = list(begin) + list(end)
     if nd == 1:
         return {"strides": [1, strides[0]], "dilations": [1, dilations[0]], "pads": [0, pads[0], 0, pads[1]]}
     return {"strides": strides, "dilations": dilations, "pads": [pads[0], pads[1], pads[2], pads[3]]}

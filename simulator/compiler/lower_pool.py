@@ -7,6 +7,7 @@ import onnx
 from qverify.simulator.compiler.context import Lowering, QValue
 from qverify.simulator.compiler.graph import attrs_of
 from qverify.simulator.compiler.lower_movement import emit_movement
+from qverify.simulator.ops.cpu._util import spatial_pads
 from qverify.simulator.fixedpoint import quantize_multiplier, quantize_multipliers
 
 
@@ -19,16 +20,10 @@ def _pool_geometry(ctx: Lowering, node: onnx.NodeProto) -> dict | None:
         return None
     strides = list(attrs.get("strides", [1] * nd))
     dilations = list(attrs.get("dilations", [1] * nd))
-    pads = list(attrs.get("pads", [0] * 2 * nd)) if auto_pad != "VALID" else [0] * 2 * nd
     x_shape = ctx.shape(node.input[0])[2:]
     y_shape = ctx.shape(node.output[0])[2:]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        # output ceil(in / stride); SAME_UPPER puts the odd padding at the end, SAME_LOWER at the start.
-        for i in range(nd):
-            out = -(-x_shape[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x_shape[i])
-            small = total // 2
-            pads[i], pads[i + nd] = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+    begin, end = spatial_pads(attrs, x_shape, kernel, strides, dilations)
+    pads = list(begin) + list(end)
     extra = []
     for i in range(nd):
         span = (kernel[i] - 1) * dilations[i] + 1
