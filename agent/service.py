@@ -29,6 +29,7 @@ from qverify.agent.scheduler import CoreScheduler, QueueFull, WaitAborted
 from qverify.agent.tensors import TensorError, dtype_name, from_wire, to_wire
 from qverify.simulator.errors import InputError
 from qverify.simulator.executor import Dump, dequantize, feed_shape
+from qverify.simulator.program import PROTO_DTYPES
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import board_agent_pb2_grpc, model_pb2
 
@@ -286,7 +287,19 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 except queue.Full:
                     continue
 
+        placement = {n.name: ("cpu" if n.on_cpu else "npu") for n in model.program.nodes}
+        batch: list[pb.DumpHeader] = []
+        batch_bytes = [0]
+
+        def flush() -> None:
+            if batch:
+                put([pb.RunReply(dump_batch=pb.DumpBatch(dumps=list(batch)))])
+                batch.clear()
+                batch_bytes[0] = 0
+
         def sink(d: Dump) -> None:
+            # Small dumps travel together in DumpBatch messages (data inline); a big one gets
+            # its own header and chunks. Each queue item is a list: one handoff per group.
             index = counter[0]
             counter[0] += 1
             for which, array in (("valid", d.valid), ("aligned", d.aligned)):
@@ -297,20 +310,28 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 data = np.ascontiguousarray(array).tobytes()
                 header = pb.DumpHeader(
                     index=index, name=d.tensor.name, producer=d.producer, onnx_float_name=d.tensor.info.onnx_float_name,
-                    dtype=_proto_dtype(array.dtype), shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
+                    dtype=PROTO_DTYPES[array.dtype], shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
                     aligned_strides=list(d.aligned_strides), aligned_layout=d.aligned_layout,
                     scale=d.tensor.scale, zero_point=d.tensor.zero_point, layout=which, total_bytes=len(data),
-                    placement=self._placement(model, d.producer))
-                put(pb.RunReply(dump_header=header))
+                    placement=placement.get(d.producer, ""))
+                if len(data) <= chunk:
+                    if batch_bytes[0] + len(data) > chunk:
+                        flush()
+                    header.data = data
+                    batch.append(header)
+                    batch_bytes[0] += len(data) + 256
+                    continue
+                flush()
                 view = memoryview(data)
-                for offset in range(0, len(data), chunk):
-                    put(pb.RunReply(dump_chunk=pb.DumpChunk(index=index, offset=offset,
-                                                            data=bytes(view[offset:offset + chunk]))))
+                put([pb.RunReply(dump_header=header)] + [
+                    pb.RunReply(dump_chunk=pb.DumpChunk(index=index, offset=offset, data=bytes(view[offset:offset + chunk])))
+                    for offset in range(0, len(data), chunk)])
 
         def work() -> None:
             try:
                 t0 = time.perf_counter()
                 result = model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core)
+                flush()
                 frame_us.append((time.perf_counter() - t0) * 1e6)
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])
                 outcome["result"] = result
@@ -334,20 +355,13 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                     continue
                 if message is done:
                     break
-                yield message
+                yield from message
         finally:
             cancelled.set() if not outcome else None
             worker.join(timeout=5)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
-
-    @staticmethod
-    def _placement(model, producer: str) -> str:
-        for node in model.program.nodes:
-            if node.name == producer:
-                return "cpu" if node.on_cpu else "npu"
-        return ""
 
     # ---- perf -------------------------------------------------------------------------
     def Perf(self, request, context):
@@ -448,12 +462,6 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
     if isinstance(exc, Exception):
         return grpc.StatusCode.INTERNAL, f"the agent failed: {type(exc).__name__}: {exc}"
     return None, ""
-
-
-def _proto_dtype(dtype) -> int:
-    from qverify.simulator.program import PROTO_DTYPES
-
-    return PROTO_DTYPES[np.dtype(dtype)]
 
 
 def _random_inputs(program) -> dict[str, np.ndarray]:

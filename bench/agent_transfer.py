@@ -309,8 +309,21 @@ def run_dumps(stub, request, keep: bool = False) -> DumpRun:
             header = message.dump_header
             current = memoryview(bytearray(header.total_bytes))
             dumps += 1
+            if header.data:  # inline
+                current[:] = header.data
+                dump_bytes += len(header.data)
+                last = time.perf_counter()
             if keep:
                 buffers[(header.name, header.layout)] = (header, current)
+        elif kind == "dump_batch":  # small dumps, data inline
+            if first is None:
+                first = time.perf_counter()
+            for header in message.dump_batch.dumps:
+                dumps += 1
+                dump_bytes += len(header.data)
+                if keep:
+                    buffers[(header.name, header.layout)] = (header, memoryview(bytearray(header.data)))
+            last = time.perf_counter()
         elif kind == "timing":
             timing = message.timing
     total = time.perf_counter() - t0

@@ -180,10 +180,15 @@ class BoardClient:
                 kind = reply.WhichOneof("item")
                 if kind == "output":
                     outcome.outputs[reply.output.name] = from_wire(reply.output)
+                elif kind == "dump_batch":
+                    for header in reply.dump_batch.dumps:  # small dumps, data inline
+                        key = (header.index, header.layout)
+                        headers[key] = header
+                        buffers[key] = bytearray(header.data)
                 elif kind == "dump_header":
                     key = (reply.dump_header.index, reply.dump_header.layout)
                     headers[key] = reply.dump_header
-                    buffers[key] = bytearray()
+                    buffers[key] = bytearray(reply.dump_header.data)
                 elif kind == "dump_chunk":
                     key = next(k for k in headers if k[0] == reply.dump_chunk.index
                                and len(buffers[k]) < headers[k].total_bytes)

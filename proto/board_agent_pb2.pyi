@@ -200,7 +200,7 @@ class RunRequest(_message.Message):
     def __init__(self, model_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., dump: _Optional[_Union[DumpMode, str]] = ..., dump_names: _Optional[_Iterable[str]] = ..., dump_layout: _Optional[_Union[DumpLayout, str]] = ..., dump_values: _Optional[_Union[DumpValues, str]] = ..., frames: _Optional[int] = ..., warmup: _Optional[int] = ..., core: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class DumpHeader(_message.Message):
-    __slots__ = ("index", "name", "producer", "onnx_float_name", "dtype", "shape", "aligned_shape", "aligned_strides", "aligned_layout", "scale", "zero_point", "layout", "total_bytes", "placement")
+    __slots__ = ("index", "name", "producer", "onnx_float_name", "dtype", "shape", "aligned_shape", "aligned_strides", "aligned_layout", "scale", "zero_point", "layout", "total_bytes", "placement", "data")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class DumpHeader(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     producer: str
@@ -229,7 +230,14 @@ class DumpHeader(_message.Message):
     layout: str
     total_bytes: int
     placement: str
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., producer: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., dtype: _Optional[_Union[_model_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., aligned_layout: _Optional[str] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., layout: _Optional[str] = ..., total_bytes: _Optional[int] = ..., placement: _Optional[str] = ...) -> None: ...
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., producer: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., dtype: _Optional[_Union[_model_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., aligned_layout: _Optional[str] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., layout: _Optional[str] = ..., total_bytes: _Optional[int] = ..., placement: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class DumpBatch(_message.Message):
+    __slots__ = ("dumps",)
+    DUMPS_FIELD_NUMBER: _ClassVar[int]
+    dumps: _containers.RepeatedCompositeFieldContainer[DumpHeader]
+    def __init__(self, dumps: _Optional[_Iterable[_Union[DumpHeader, _Mapping]]] = ...) -> None: ...
 
 class DumpChunk(_message.Message):
     __slots__ = ("index", "offset", "data")
@@ -286,16 +294,18 @@ class Timing(_message.Message):
     def __init__(self, model: _Optional[_Union[Distribution, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[LayerTiming, _Mapping]]] = ..., queue_wait_us: _Optional[float] = ..., frame_us: _Optional[_Iterable[float]] = ..., core: _Optional[int] = ...) -> None: ...
 
 class RunReply(_message.Message):
-    __slots__ = ("output", "dump_header", "dump_chunk", "timing")
+    __slots__ = ("output", "dump_header", "dump_chunk", "timing", "dump_batch")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     DUMP_HEADER_FIELD_NUMBER: _ClassVar[int]
     DUMP_CHUNK_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    DUMP_BATCH_FIELD_NUMBER: _ClassVar[int]
     output: Tensor
     dump_header: DumpHeader
     dump_chunk: DumpChunk
     timing: Timing
-    def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., dump_header: _Optional[_Union[DumpHeader, _Mapping]] = ..., dump_chunk: _Optional[_Union[DumpChunk, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    dump_batch: DumpBatch
+    def __init__(self, output: _Optional[_Union[Tensor, _Mapping]] = ..., dump_header: _Optional[_Union[DumpHeader, _Mapping]] = ..., dump_chunk: _Optional[_Union[DumpChunk, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., dump_batch: _Optional[_Union[DumpBatch, _Mapping]] = ...) -> None: ...
 
 class PerfRequest(_message.Message):
     __slots__ = ("model_sha256", "inputs", "frames", "threads", "warmup")

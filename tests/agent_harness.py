@@ -325,7 +325,8 @@ def decode_dump(header: pb.DumpHeader, data: bytes) -> np.ndarray:
 
 
 def collect(replies: Iterable[pb.RunReply]) -> RunOutput:
-    """Reassemble a Run stream: a header, then its chunks in order, for each dump; outputs; timing last."""
+    """Reassemble a Run stream: batches of small dumps (data inline), or a header then its chunks in
+    order for a big one; outputs; timing last."""
     out = RunOutput()
     current: pb.DumpHeader | None = None
     buffer = bytearray()
@@ -341,14 +342,33 @@ def collect(replies: Iterable[pb.RunReply]) -> RunOutput:
             raise ProtocolError(f"dump {key} sent twice")
         out.dumps[key] = decode_dump(current, bytes(buffer))
 
+    def inline(header: pb.DumpHeader) -> None:
+        key = (header.name, header.layout)
+        if key in out.dumps:
+            raise ProtocolError(f"dump {key} sent twice")
+        if len(header.data) != header.total_bytes:
+            raise ProtocolError(f"dump '{header.name}' ({header.layout}): {len(header.data)} inline bytes of "
+                                f"{header.total_bytes}")
+        out.headers.append(header)
+        out.dumps[key] = decode_dump(header, header.data)
+
     for reply in replies:
         out.messages += 1
         if out.timing is not None:
             raise ProtocolError("a message came after the timing (which must be last)")
         kind = reply.WhichOneof("item")
-        if kind == "dump_header":
+        if kind == "dump_batch":
+            finish()
+            current = None
+            for header in reply.dump_batch.dumps:
+                inline(header)
+        elif kind == "dump_header":
             finish()
             current, buffer = reply.dump_header, bytearray()
+            if current.data:  # a single dump with its data inline
+                inline(current)
+                current = None
+                continue
             out.headers.append(current)
         elif kind == "dump_chunk":
             chunk = reply.dump_chunk
