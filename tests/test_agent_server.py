@@ -479,8 +479,9 @@ def test_queue_full_is_resource_exhausted(busy, models):
     ok = [r[1] for r in results if r[0] == "ok"]
     rejected = [r for r in results if r[0] != "ok"]
     assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED for code, _ in rejected), rejected
-    # One core running and two queued are served; the rest are turned away at once.
-    assert len(ok) == 3, f"{len(ok)} runs served, {len(rejected)} rejected"
+    # One core running and two queued are served; the rest are turned away at once. (A client
+    # thread delayed past a whole 300 ms run by a loaded machine may find room: at least 3.)
+    assert len(ok) >= 3 and len(rejected) >= 1, f"{len(ok)} runs served, {len(rejected)} rejected"
     for _, message in rejected:
         assert "2 run(s) already queued" in message and "--max-queue 2" in message, message
     for got in ok:
