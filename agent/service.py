@@ -218,7 +218,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 dump = self._dump_selection(request, model, context)
                 layout = {pb.LAYOUT_VALID: "valid", pb.LAYOUT_ALIGNED: "aligned", pb.LAYOUT_BOTH: "both"}.get(
                     request.dump_layout, "valid")
-                core = request.core if request.core > 0 else -1
+                core = request.core if request.HasField("core") else -1
                 remaining = context.time_remaining()
                 with self.scheduler.acquire(core, timeout=remaining, still_wanted=context.is_active) as (chosen, waited):
                     yield from self._run_frames(model, inputs, request, dump, layout, frames, chunk, chosen, waited,
