@@ -8,14 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import socket
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import grpc

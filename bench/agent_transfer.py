@@ -436,8 +436,6 @@ class GrpcFloor:
 
 # ---- the benchmark --------------------------------------------------------------------
 def bench(args: argparse.Namespace, tmp: Path) -> None:
-    import grpc
-
     from qverify.agent.tensors import from_wire, to_wire
     from qverify.simulator import Simulator, load
     from qverify.v1 import board_agent_pb2 as pb
@@ -482,7 +480,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         reference = sim.run(feeds, dump="all", dump_layout="both", sink=keep_sink)
         checked = run_dumps(stub, dump_request, keep=True)
         verify_dumps(checked, local)
-        del local
+        local.clear()
         raw = RawSocket()
         floor = GrpcFloor()
         for _ in range(args.warmup):

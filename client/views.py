@@ -117,7 +117,7 @@ def print_compile_summary(program, path: Path, digest: str) -> None:
 
 def print_demo(result) -> None:
     table = Table(title=f"{result.model}: simulator (integer, embedded preprocessing) vs onnxruntime (quant.onnx)")
-    for col in ("image", f"max |diff|", f"within 1e-{result.images[0].comparison.digits}", "exact LSB", "±1 LSB",
+    for col in ("image", "max |diff|", f"within 1e-{result.images[0].comparison.digits}", "exact LSB", "±1 LSB",
                 ">1 LSB", "cosine", "class sim/ort"):
         table.add_column(col, justify="right")
     for r in result.images:

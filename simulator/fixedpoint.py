@@ -11,7 +11,8 @@ A real multiplier ``M > 0`` is stored as ``(m0, shift)`` with ``m0`` an int32 in
   exact (float) requantization only on exact ties.
 
 The mode in force is ambient (:func:`rounding`), set by the executor from the program's
-target, so kernels need not carry it. Arithmetic is int64, or float64 where it is
+target, so kernels need not carry it; outside any ``rounding()`` block (bare use of these
+helpers) it is ``double``, the gemmlowp reference. Arithmetic is int64, or float64 where it is
 provably exact, so results do not depend on the machine.
 """
 from __future__ import annotations

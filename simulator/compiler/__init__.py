@@ -6,7 +6,6 @@ This is the only part of the simulator that imports onnx.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 

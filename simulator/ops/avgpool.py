@@ -8,6 +8,8 @@ Attrs: kernel, strides, dilations (default 1), pads (t, l, b, r, as in the model
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.fixedpoint import multiply_by_quantized_multiplier, round_half_away_div
@@ -15,9 +17,13 @@ from qverify.simulator.ops._common import as_2d_spatial, clamp_int8
 from qverify.simulator.ops.maxpool import window_reduce
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("AvgPool")
-def avgpool(node, inputs, stats):
+def avgpool(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x, squeeze = as_2d_spatial(inputs[0])
     pt, pl, pb, pr = a["pads"]

@@ -8,12 +8,18 @@ accumulator, ConvInteger).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from qverify.simulator.gemm import exact_matmul
 from qverify.simulator.ops._common import as_2d_spatial, centered, requant_channels, saturate_int32, weight_bound
 from qverify.simulator.ops.registry import register
+
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
 
 
 def conv_accumulate(xc: np.ndarray, w: np.ndarray, group: int, strides, dilations,
@@ -121,7 +127,7 @@ def padded_centered(x: np.ndarray, zero_point: int, pads, spare_rows: int = 0) -
 
 
 @register("Conv")
-def conv(node, inputs, stats):
+def conv(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x, squeeze = as_2d_spatial(inputs[0])
     w, bias, m0, shift = node.consts

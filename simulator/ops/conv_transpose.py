@@ -6,15 +6,21 @@ output at the end with rows/columns holding only the bias), dilations (2), outpu
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.gemm import exact_matmul
 from qverify.simulator.ops._common import as_2d_spatial, centered, requant
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("ConvTranspose")
-def conv_transpose(node, inputs, stats):
+def conv_transpose(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x, squeeze = as_2d_spatial(inputs[0])
     w, bias, m0, shift = node.consts

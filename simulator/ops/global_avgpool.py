@@ -4,15 +4,21 @@ Attrs: x_zp, y_zp, exact_div, m0, shift (s_in / (s_out * count) when scales diff
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.fixedpoint import multiply_by_quantized_multiplier, round_half_away_div
 from qverify.simulator.ops._common import clamp_int8
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("GlobalAvgPool")
-def global_avgpool(node, inputs, stats):
+def global_avgpool(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x = inputs[0]
     axes = tuple(range(2, x.ndim))

@@ -7,15 +7,21 @@ per-column zero points), y_zp, qmin, qmax, output_int32.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.gemm import exact_matmul
 from qverify.simulator.ops._common import centered, requant, saturate_int32
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("MatMul")
-def matmul(node, inputs, stats):
+def matmul(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     w, bias, m0, shift = node.consts
     w_zp = a.get("w_zp", 0)

@@ -4,15 +4,21 @@ Attrs: a_zp, b_zp, y_zp, m0, shift, qmin, qmax, output_int32.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.gemm import exact_matmul
 from qverify.simulator.ops._common import centered, requant, saturate_int32
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("MatMulAct")
-def matmul_act(node, inputs, stats):
+def matmul_act(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     acc = exact_matmul(centered(inputs[0], a["a_zp"]), centered(inputs[1], a["b_zp"]), 255, 255)
     if a.get("output_int32"):

@@ -5,10 +5,16 @@ Padding holds -128 so it never wins.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.ops._common import as_2d_spatial
 from qverify.simulator.ops.registry import register
+
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
 
 
 def window_reduce(xp: np.ndarray, kernel, strides, dilations, reduce) -> np.ndarray:
@@ -27,7 +33,7 @@ def window_reduce(xp: np.ndarray, kernel, strides, dilations, reduce) -> np.ndar
 
 
 @register("MaxPool")
-def maxpool(node, inputs, stats):
+def maxpool(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x, squeeze = as_2d_spatial(inputs[0])
     pt, pl, pb, pr = a["pads"]

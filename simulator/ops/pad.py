@@ -1,13 +1,20 @@
 """Pad an int8 tensor. Attrs: pads (begin..., end...), mode, value (the int8 of the pad value)."""
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("Pad")
-def pad(node, inputs, stats):
+def pad(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x = inputs[0]
     rank = x.ndim

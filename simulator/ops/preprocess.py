@@ -7,13 +7,19 @@ Attr: channel_map.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("Preprocess")
-def preprocess(node, inputs, stats):
+def preprocess(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     tables = node.consts[0]
     image = inputs[0]
     planes = [tables[c][image[..., src]] for c, src in enumerate(node.attrs["channel_map"])]

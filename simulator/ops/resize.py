@@ -7,17 +7,23 @@ multiplier s_in / (s_out * 2^20). Attrs: mode, x_zp, y_zp, m0, shift.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.fixedpoint import multiply_by_quantized_multiplier
 from qverify.simulator.ops._common import clamp_int8
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 FRAC_BITS = 10
 
 
 @register("Resize")
-def resize(node, inputs, stats):
+def resize(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     x = inputs[0]
     if a["mode"] == "nearest":

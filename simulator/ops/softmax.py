@@ -6,15 +6,21 @@ Attrs: axis, y_zp, inv_scale_q8 (round(256 / s_out)). Output
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qverify.simulator.fixedpoint import round_half_away_div
 from qverify.simulator.ops._common import clamp_int8
 from qverify.simulator.ops.registry import register
 
+if TYPE_CHECKING:
+    from qverify.simulator.executor import LayerStats
+    from qverify.simulator.program import NodeView
+
 
 @register("Softmax")
-def softmax(node, inputs, stats):
+def softmax(node: NodeView, inputs: list[np.ndarray], stats: LayerStats) -> list[np.ndarray]:
     a = node.attrs
     table = node.consts[0]
     x = inputs[0].astype(np.int32)
