@@ -125,15 +125,18 @@ def fast_path_ok(bound: float, shift: np.ndarray) -> bool:
     return bound * (1 << left) < _FLOAT64_EXACT_X
 
 
-def multiply_float_exact(x: np.ndarray, mult: np.ndarray, post: np.ndarray) -> np.ndarray:
+def multiply_float_exact(x: np.ndarray, mult: np.ndarray, post: np.ndarray,
+                         offset: np.ndarray | float = 0.5) -> np.ndarray:
     """The float64 path: exact for |x * 2^left| < 2^21 (see :func:`fast_path_ok`).
 
     ``x * m0 * 2^(left-31)`` has at most 52 significant bits and magnitude < 2^21, so it,
     the +0.5 and the floor (round half up = the nudged high multiply) are exact; so is the
-    scaling by ``2^-right`` and the rounding half away from zero that follows.
+    scaling by ``2^-right`` and the rounding half away from zero that follows. ``offset``
+    (default the rounding half) may also carry an exact per-channel term such as a folded
+    bias ``bias * mult + 0.5``: the exact sum is representable, so IEEE addition yields it.
     """
     t = np.asarray(np.multiply(x, mult, dtype=np.float64))  # 0-d stays an array for out=
-    t += 0.5
+    t += offset
     np.floor(t, out=t)
     if np.any(post != 1.0):
         t *= post

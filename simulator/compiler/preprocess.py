@@ -13,6 +13,7 @@ import numpy as np
 
 from qverify.simulator.errors import CompileError
 from qverify.simulator.executor import quantize
+from qverify.simulator.layout import element_strides
 from qverify.v1 import model_pb2
 
 COLORS = ("BGR", "RGB", "GRAY")
@@ -107,11 +108,7 @@ def apply_preprocess(ctx, spec: PreprocessSpec) -> None:
     del image.aligned_shape[:]
     image.aligned_shape.extend(pre.image_shape)
     del image.aligned_strides[:]
-    strides, acc = [], 1
-    for dim in reversed(list(pre.image_shape)):
-        strides.append(acc)
-        acc *= dim
-    image.aligned_strides.extend(reversed(strides))
+    image.aligned_strides.extend(element_strides(tuple(pre.image_shape)))
     const = ctx.add_const(f"{name}/preprocess_tables", np.stack(tables))
     node = model_pb2.Node(name=f"{name}/preprocess", op="Preprocess", inputs=[image_name], outputs=[target],
                           constants=[const], placement=model_pb2.NPU, onnx_op="Preprocess")

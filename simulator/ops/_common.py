@@ -74,13 +74,8 @@ def requant_channels(acc: np.ndarray, node, bound: float, stats, bias: np.ndarra
     if not fast:
         total = np.asarray(acc, dtype=np.int64) if bias64 is None else np.asarray(acc, dtype=np.int64) + bias64
         return requant(total, m0, shift, a["y_zp"], stats, a["qmin"], a["qmax"])
-    t = np.multiply(acc, mult, dtype=np.float64)
-    t += offset
-    np.floor(t, out=t)
-    if not single_step:
-        t *= post
-        t += np.copysign(0.5, t)
-        np.trunc(t, out=t)
+    t = fixedpoint.multiply_float_exact(acc, mult, post, offset)
+    if not single_step:  # the zero point could not be folded into the offset
         t += a["y_zp"]
     y, saturated = fixedpoint.clamp_to_int8(t, a["qmin"], a["qmax"])
     stats.saturated += saturated
