@@ -165,7 +165,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             return pb.PushModelReply(sha256=first.sha256, size_bytes=first.total_bytes)
 
     # ---- runs -------------------------------------------------------------------------
-    def _decode_inputs(self, model, tensors, context) -> dict[str, np.ndarray]:
+    def _decode_inputs(self, model, tensors) -> dict[str, np.ndarray]:
         total = sum(len(t.data) for t in tensors)
         if total > self.config.max_input_bytes:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -212,8 +212,8 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             store_mod.validate_id(request.model_sha256)
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
-                inputs = self._decode_inputs(model, request.inputs, context)
-                dump = self._dump_selection(request, model, context)
+                inputs = self._decode_inputs(model, request.inputs)
+                dump = self._dump_selection(request, model)
                 layout = {pb.LAYOUT_VALID: "valid", pb.LAYOUT_ALIGNED: "aligned", pb.LAYOUT_BOTH: "both"}.get(
                     request.dump_layout, "valid")
                 core = request.core if request.HasField("core") else -1
@@ -222,7 +222,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                     yield from self._run_frames(model, inputs, request, dump, layout, frames, chunk, chosen, waited,
                                                 context)
 
-    def _dump_selection(self, request, model, context):
+    def _dump_selection(self, request, model):
         if request.dump == pb.DUMP_ALL:
             return "all"
         if request.dump == pb.DUMP_OUTPUTS:
@@ -355,7 +355,8 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                     break
                 yield from message
         finally:
-            cancelled.set() if not outcome else None
+            if not outcome:  # the client left before the worker finished: tell it to stop
+                cancelled.set()
             worker.join(timeout=5)
         if "error" in outcome:
             raise outcome["error"]
@@ -372,7 +373,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             store_mod.validate_id(request.model_sha256)
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
-                inputs = (self._decode_inputs(model, request.inputs, context) if request.inputs
+                inputs = (self._decode_inputs(model, request.inputs) if request.inputs
                           else _random_inputs(model.program))
                 for _ in range(max(0, request.warmup)):
                     model.run(inputs)

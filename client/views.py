@@ -17,10 +17,6 @@ def progress_line(message: str) -> None:
     _err.print(f"[dim]… {message}[/dim]")
 
 
-def _dtype(program, name: str) -> str:
-    return str(program.tensors[name].dtype)
-
-
 def tensor_summary(info: model_pb2.TensorInfo) -> dict:
     out = {"name": info.name, "dtype": model_pb2.DataType.Name(info.dtype).lower(), "shape": list(info.shape),
            "aligned_layout": info.aligned_layout, "aligned_shape": list(info.aligned_shape),
