@@ -1,0 +1,362 @@
+"""Report files for a :class:`~qverify.client.results.VerifyResult`: JSON, JUnit XML, HTML.
+
+The three writers read the same result objects and never leave a half-written file: each
+renders into a temporary file beside the target and moves it into place atomically
+(``os.replace``); when anything fails the temporary file is removed and the target is
+left as it was. The formats are described in docs/report-schema.md.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from qverify.client.results import ERROR, FAILED, MISMATCHED, PairResult, SideInfo, TensorResult, VerifyResult
+
+__all__ = ["write_json", "write_junit", "write_html", "render_json", "render_junit", "render_html"]
+
+
+# ---------------------------------------------------------------- atomic writing
+
+def _write_atomic(path: Path, render: Callable[[], str]) -> None:
+    """Write ``render()`` to ``path`` as UTF-8 via a temporary file in the same directory."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(render())
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; a report is an ordinary readable file.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------- figures as text
+
+def _num(x: float, spec: str = ".4g") -> str:
+    return format(x, spec) if math.isfinite(x) else str(x)
+
+
+def _pct(part: int, whole: int) -> str:
+    """A percentage that reads 100% only when ``part == whole`` (and 0% only when part is 0)."""
+    if whole <= 0 or part == whole:
+        return "100%"
+    value = 100.0 * part / whole
+    return f"{min(max(value, 0.01) if part else 0.0, 99.99):.2f}%"
+
+
+def _figures(t: TensorResult, digits: int) -> str:
+    text = (f"max |diff| {_num(t.max_abs_diff)}, {_pct(t.within_digits, t.elements)} within {digits} digits, "
+            f"exact {t.exact} / ±1 LSB {t.off_by_one} / >1 LSB {t.beyond_one} of {t.elements}, "
+            f"max {t.max_lsb} LSB, cosine {_num(t.cosine, '.6f')}")
+    return text if t.layout_ok else text + ", aligned buffer inconsistent with the valid tensor"
+
+
+def _where(t: TensorResult) -> str:
+    op = t.op or t.kind
+    parts = [f"{t.kind} #{t.index}", f"op {op}"]
+    if t.producer:
+        parts.append(f"node {t.producer}")
+    if t.placement:
+        parts.append(f"on {t.placement}")
+    parts.append("shape [" + ",".join(map(str, t.shape)) + "]")
+    return ", ".join(parts)
+
+
+def _detail(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_detail(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_detail(v) for v in value)
+    return str(value)
+
+
+def _pair_name(p: PairResult) -> str:
+    return f"{p.a} vs {p.b}"
+
+
+def _is_first(p: PairResult, t: TensorResult) -> bool:
+    """Whether ``t`` is the pair's first divergent tensor (shown only when the pair did not pass)."""
+    fd = p.first_divergent
+    return fd is not None and not p.passed and (fd is t or fd == t)
+
+
+def _first_index(p: PairResult) -> int | None:
+    return next((i for i, t in enumerate(p.tensors) if _is_first(p, t)), None)
+
+
+# ---------------------------------------------------------------- JSON
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: a non-finite number is written as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def render_json(result: VerifyResult) -> str:
+    return json.dumps(_finite(result.to_dict()), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(result: VerifyResult, path: Path) -> None:
+    """The JSON report: ``result.to_dict()``, indented (schema ``qverify.verify/1``)."""
+    _write_atomic(path, lambda: render_json(result))
+
+
+# ---------------------------------------------------------------- JUnit XML
+
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _x(text: Any) -> str:
+    """Text XML 1.0 can hold (ElementTree escapes <&>\"' itself but not control characters)."""
+    return _XML_ILLEGAL.sub("\ufffd", str(text))
+
+
+def _side_properties(result: VerifyResult) -> Iterable[tuple[str, str]]:
+    yield "qverify.version", result.qverify_version
+    yield "qverify.verdict", "PASSED" if result.passed else "FAILED"
+    yield "qverify.exit_code", str(result.exit_code)
+    for s in result.sides:
+        for key in ("kind", "path", "sha256"):
+            yield f"side.{s.label}.{key}", str(getattr(s, key))
+        for key, value in s.detail.items():
+            yield f"side.{s.label}.{key}", _detail(value)
+
+
+def _testcase(suite: ET.Element, classname: str, name: str) -> ET.Element:
+    return ET.SubElement(suite, "testcase", classname=_x(classname), name=_x(name), time="0")
+
+
+def _pair_suite(root: ET.Element, p: PairResult, props: list[tuple[str, str]]) -> ET.Element:
+    name = _pair_name(p)
+    suite = ET.SubElement(root, "testsuite", name=_x(name), time="0")
+    properties = ET.SubElement(suite, "properties")
+    for key, value in [*props, ("pair.criterion", p.criterion), ("pair.status", p.status),
+                       ("pair.verdict", p.verdict_line())]:
+        ET.SubElement(properties, "property", name=_x(key), value=_x(value))
+    if p.status in (MISMATCHED, ERROR):
+        case = _testcase(suite, name, p.status.lower())
+        ET.SubElement(case, "error", message=_x(p.message or p.status), type=p.status).text = _x(p.verdict_line())
+        return suite
+    for t in p.outputs + p.layers:
+        case = _testcase(suite, name, t.name)
+        if not t.passed:
+            first = " (first divergent)" if _is_first(p, t) else ""
+            failure = ET.SubElement(case, "failure", message=_x(f"{t.name}: {t.reason}{first}"),
+                                    type=f"{t.kind} tensor")
+            failure.text = _x(f"{_where(t)}\n{_figures(t, p.digits)}")
+    if p.status == FAILED and all(t.passed for t in p.outputs + p.layers):
+        case = _testcase(suite, name, "verdict")
+        ET.SubElement(case, "failure", message=_x(p.verdict_line()), type=FAILED).text = _x(p.verdict_line())
+    return suite
+
+
+def _count(suite: ET.Element) -> tuple[int, int, int]:
+    cases = suite.findall("testcase")
+    counts = (len(cases), sum(c.find("failure") is not None for c in cases),
+              sum(c.find("error") is not None for c in cases))
+    suite.set("tests", str(counts[0]))
+    suite.set("failures", str(counts[1]))
+    suite.set("errors", str(counts[2]))
+    suite.set("skipped", "0")
+    return counts
+
+
+def render_junit(result: VerifyResult) -> str:
+    root = ET.Element("testsuites", name="qverify", time=f"{result.seconds:.3f}")
+    props = list(_side_properties(result))
+    suites = [_pair_suite(root, p, props) for p in result.pairs]
+    if result.latency_failure or result.tolerances.max_latency_ms is not None:
+        board = next((s.label for s in result.sides if s.kind == "board"), "board")
+        suite = ET.SubElement(root, "testsuite", name=_x(f"{board} latency"), time="0")
+        case = _testcase(suite, board, "latency")
+        if result.latency_failure:
+            ET.SubElement(case, "failure", message=_x(result.latency_failure), type="latency").text = \
+                _x(f"budget {result.tolerances.max_latency_ms} ms: {result.latency_failure}")
+        suites.append(suite)
+    totals = [sum(c) for c in zip(*(_count(s) for s in suites))] or [0, 0, 0]
+    for key, value in zip(("tests", "failures", "errors"), totals):
+        root.set(key, str(value))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(result: VerifyResult, path: Path) -> None:
+    """JUnit XML: a testsuite per pair, a testcase per compared tensor (outputs, then layers)."""
+    _write_atomic(path, lambda: render_junit(result))
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:80em;padding:0 1em;color:#222}
+h1,h2,h3{margin:.8em 0 .3em}h1 .badge,h2 .badge{font-size:.7em;vertical-align:middle}
+.badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff;font-weight:700}
+.PASSED{background:#1a7f37}.FAILED,.ERROR{background:#c62828}.MISMATCHED{background:#b35c00}
+table{border-collapse:collapse;margin:.4em 0 1em}th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
+.name{overflow-wrap:anywhere;max-width:28em}.mono{font-family:ui-monospace,monospace}
+.scroll{max-height:36em;overflow:auto;border:1px solid #ccc}.scroll table{margin:0}
+.scroll thead th{position:sticky;top:0}
+tr.fail td{background:#fde4e4}tr.first td{background:#f9b9b9;font-weight:600}
+.verdict{font-family:ui-monospace,monospace;padding:.4em .6em;background:#f6f8fa;border-left:4px solid #888}
+.divergent{border:2px solid #c62828;background:#fff4f4;padding:.5em .8em;margin:.6em 0}
+.alert{color:#c62828;font-weight:600}svg{width:100%;height:auto;background:#fff}
+.legend span{margin-right:1.2em}.pair{border-top:2px solid #ddd;margin-top:1.5em}
+"""
+
+_W, _H, _L, _R, _T, _B = 1000, 260, 48, 12, 14, 30  # plot size and margins (viewBox units)
+_SERIES = (("±1 LSB", "#8ab4f8"), ("cosine", "#f4b400"))
+_E = html.escape
+
+
+def _row(cells: Iterable[str], tag: str = "td", cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<tr{attr}>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    return f"<table><thead>{_row(map(_E, head), 'th')}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _sides_table(sides: list[SideInfo]) -> str:
+    rows = [_row([_E(s.label), _E(s.kind), f'<span class="name" title="{_E(s.path)}">{_E(Path(s.path).name)}</span>',
+                  f'<span class="mono" title="{_E(s.sha256)}">{_E(s.sha256[:12])}</span>',
+                  "<br>".join(f"{_E(str(k))}: {_E(_detail(v))}" for k, v in s.detail.items())])
+            for s in sides]
+    return _table(["side", "kind", "file", "sha256", "details"], rows)
+
+
+def _header(r: VerifyResult) -> str:
+    verdict = "PASSED" if r.passed else "FAILED"
+    tol = r.tolerances
+    parts = [f'<h1>qverify report <span class="badge {verdict}">{verdict}</span></h1>',
+             f"<p>qverify {_E(r.qverify_version)} · exit code {r.exit_code} · {r.frames} frame(s) · "
+             f"{'every layer compared' if r.dump_all else 'outputs compared'} · {r.seconds:.2f} s</p>"]
+    if r.latency_failure:
+        parts.append(f'<p class="alert">Latency: {_E(r.latency_failure)}</p>')
+    if r.first_divergent is not None:
+        fd = r.first_divergent
+        parts.append(f'<p class="alert">First divergent layer: {_E(fd.producer or fd.name)} '
+                     f'({_E(fd.op or "input")}) → {_E(fd.name)}</p>')
+    parts += ["<h3>Sides</h3>", _sides_table(r.sides), "<h3>Inputs</h3>",
+              _table(["input", "ONNX input", "source", "board", "ONNX shape", "frame"],
+                     [_row([_E(i.name), _E(i.onnx_name), _E(i.source),
+                            _E(f"{i.board_dtype}[{','.join(map(str, i.board_shape))}]"),
+                            _E(f"[{','.join(map(str, i.onnx_shape))}]"), str(i.frame)]) for i in r.inputs]),
+              "<h3>Tolerances</h3>",
+              _table(["digits", "max LSB (outputs)", "min cosine (outputs)", "min cosine (layers)", "max latency"],
+                     [_row([str(tol.digits), str(tol.max_lsb), _num(tol.min_cosine), _num(tol.min_layer_cosine),
+                            "—" if tol.max_latency_ms is None else f"{_num(tol.max_latency_ms)} ms"])])]
+    if r.notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_E(n)}</li>" for n in r.notes) + "</ul>")
+    return "\n".join(parts)
+
+
+def _y(value: float) -> float:
+    value = min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
+    return _T + (1.0 - value) * (_H - _T - _B)
+
+
+def _plot(p: PairResult, anchor: str) -> str:
+    """Agreement along the network: one marker per tensor (exact fraction), lines for ±1 LSB and cosine."""
+    tensors = p.tensors
+    n = len(tensors)
+    xs = [_L + (i + 0.5) * (_W - _L - _R) / max(n, 1) for i in range(n)]
+    out = [f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="agreement per tensor, {_E(_pair_name(p))}">']
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{_L}" x2="{_W - _R}" y1="{_y(v):.1f}" y2="{_y(v):.1f}" stroke="#e3e3e3"/>'
+                   f'<text x="{_L - 6}" y="{_y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:.2f}</text>')
+    step = max(1, math.ceil(n / 12))
+    for i in range(0, n, step):
+        out.append(f'<text x="{xs[i]:.1f}" y="{_H - 10}" font-size="11" text-anchor="middle">{i}</text>')
+    for i, t in enumerate(tensors):
+        if not t.passed:
+            out.append(f'<rect x="{xs[i] - 2:.1f}" y="{_T}" width="4" height="{_H - _T - _B}" fill="#fbd3d3"/>')
+    first = _first_index(p)
+    if first is not None:
+        x = xs[first]
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_T}" y2="{_H - _B}" stroke="#c62828" stroke-dasharray="4 3"/>')
+    values = ([(t.exact + t.off_by_one) / t.elements if t.elements else 1.0 for t in tensors],
+              [t.cosine for t in tensors])
+    for (label, colour), ys in zip(_SERIES, values):
+        points = " ".join(f"{x:.1f},{_y(v):.1f}" for x, v in zip(xs, ys))
+        out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    for i, t in enumerate(tensors):
+        colour, radius = ("#c62828", 4) if not t.passed else ("#1f4e99", 2.5)
+        tip = f"#{i} {t.name}\n{_where(t)}\n{_figures(t, p.digits)}\n{'PASS' if t.passed else 'FAIL'}: {t.reason}"
+        out.append(f'<a href="#{anchor}-t{i}"><circle class="pt" cx="{xs[i]:.1f}" cy="{_y(t.exact_fraction):.1f}" '
+                   f'r="{radius}" fill="{colour}"><title>{_E(tip)}</title></circle></a>')
+    out.append("</svg>")
+    legend = ('<p class="legend"><span style="color:#1f4e99">● exact fraction</span>'
+              + "".join(f'<span style="color:{c}">— {label}</span>' for label, c in _SERIES)
+              + '<span style="color:#c62828">● failing tensor</span> (x: tensor in execution order)</p>')
+    return "".join(out) + legend
+
+
+def _tensor_rows(p: PairResult, anchor: str) -> list[str]:
+    rows = []
+    for i, t in enumerate(p.tensors):
+        first = _is_first(p, t)
+        cls = "fail first" if first else "" if t.passed else "fail"
+        verdict = ("PASS" if t.passed else "FAIL") + (" (first divergent)" if first else "")
+        rows.append(_row([
+            f'<span id="{anchor}-t{i}">{i}</span>', f'<span class="name">{_E(t.name)}</span>',
+            _E(t.op or t.kind), _E(t.placement), _E("x".join(map(str, t.shape)) or "scalar"),
+            _num(t.max_abs_diff), _pct(t.within_digits, t.elements), str(t.exact), str(t.off_by_one),
+            str(t.beyond_one), str(t.max_lsb), _num(t.cosine, ".6f"),
+            _E(verdict + ": " + t.reason) + ("" if t.layout_ok else " · layout inconsistent")], cls=cls))
+    return rows
+
+
+def _pair_section(p: PairResult, k: int) -> str:
+    anchor = f"p{k}"
+    parts = [f'<section class="pair" id="{anchor}"><h2>{_E(_pair_name(p))} <span class="badge {_E(p.status)}">'
+             f"{_E(p.status)}</span></h2>", f'<p class="verdict">{_E(p.verdict_line())}</p>',
+             f"<p>criterion: {_E(p.criterion)}</p>"]
+    fd = p.first_divergent
+    if fd is not None and not p.passed:
+        i = _first_index(p)
+        link = f' <a href="#{anchor}-t{i}">(row {i})</a>' if i is not None else ""
+        parts.append(f'<div class="divergent"><strong>First divergent layer:</strong> {_E(fd.producer or fd.name)} '
+                     f'({_E(fd.op or "input")}) → <span class="name">{_E(fd.name)}</span>{link}<br>'
+                     f"{_E(_where(fd))}<br>{_E(_figures(fd, p.digits))}<br>{_E(fd.reason)}</div>")
+    if p.tensors:
+        head = ["#", "tensor", "op", "placement", "shape", "max |diff|", f"within {p.digits} digits",
+                "exact", "±1 LSB", ">1 LSB", "max LSB", "cosine", "verdict"]
+        parts += [_plot(p, anchor), f'<div class="scroll">{_table(head, _tensor_rows(p, anchor))}</div>']
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(result: VerifyResult) -> str:
+    verdict = "PASSED" if result.passed else "FAILED"
+    body = "\n".join([_header(result), *(_pair_section(p, k) for k, p in enumerate(result.pairs))])
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>qverify report: {verdict}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def write_html(result: VerifyResult, path: Path) -> None:
+    """One self-contained HTML page: verdict, sides, inputs, and per pair a plot and a tensor table."""
+    _write_atomic(path, lambda: render_html(result))
