@@ -29,6 +29,8 @@ class AgentError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.received: list[str] = []  # Run: tensors fully received before the failure
+        self.outputs_received: list[str] = []
 
 
 class BoardUnreachable(AgentError):
@@ -196,7 +198,11 @@ class BoardClient:
                 elif kind == "timing":
                     outcome.timing = reply.timing
         except grpc.RpcError as error:
-            raise map_error(error, self.address) from None
+            failure = map_error(error, self.address)
+            # What arrived before the stream broke: which tensors the board had finished.
+            failure.received = [h.name for k, h in sorted(headers.items()) if len(buffers[k]) >= h.total_bytes]
+            failure.outputs_received = list(outcome.outputs)
+            raise failure from None
         from qverify.simulator.program import dtype_of
 
         for key, header in headers.items():

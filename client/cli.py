@@ -72,6 +72,83 @@ def compile_command(
     views.print_compile_summary(load(output), output, digest)
 
 
+@app.command("verify")
+def verify_command(
+    model: str = typer.Option(..., "-m", "--model",
+                              help="quant.onnx,model.bin (either or both, any order; recognised by content)"),
+    board: Optional[str] = typer.Option(None, "-b", "--board",
+                                        help="board HOST[:PORT]; without it an embedded emulated board runs here"),
+    run_sim: Optional[bool] = typer.Option(
+        None, "--run-sim/--no-run-sim", "-s/-S",
+        help="also run the simulator on the host (default: on when a board runs model.bin, for the bit-exact check)"),
+    input_files: list[str] = typer.Option([], "-i", "--input",
+                                          help="image (jpg/png), .npy, .npz or raw .bin; NAME:FILE for multi-input "
+                                               "models; repeat for more frames. Default: seeded random inputs"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random inputs"),
+    digits: int = typer.Option(5, "-c", "--compare-digits", min=0, max=12,
+                               help="values agree when |a - b| <= 10^-N (see docs/verdict.md)"),
+    dump_all: bool = typer.Option(False, "-r", "--dump-all-nodes",
+                                  help="compare every intermediate tensor both sides have; name the first divergent layer"),
+    ort_opt: str = typer.Option("all", "--ort-opt",
+                                help="onnxruntime's reading: all (fused integer kernels) or disabled (literal graph)"),
+    port: Optional[int] = typer.Option(None, "--port", help="agent port (default 7060, or the one in -b HOST:PORT)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="QVERIFY_TOKEN", help="agent token"),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate of the agent's TLS"),
+    transport: str = typer.Option("sftp", "--transport", help="how model.bin reaches the board: sftp or grpc"),
+    ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="SSH user (default: ~/.ssh/config, then $USER)"),
+    ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="SSH private key (default: ~/.ssh/config, agent)"),
+    ssh_port: Optional[int] = typer.Option(None, "--ssh-port", help="SSH port (default: ~/.ssh/config, then 22)"),
+    known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report (docs/report-schema.md)"),
+    junit_out: Optional[Path] = typer.Option(None, "--junit", help="write a JUnit XML report"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML report"),
+    max_lsb: int = typer.Option(8, "--max-lsb", min=0, help="outputs vs ONNX: largest rounding drift accepted, in LSB"),
+    min_cosine: float = typer.Option(0.999, "--min-cosine", help="outputs vs ONNX: smallest cosine similarity"),
+    min_layer_cosine: float = typer.Option(0.95, "--min-layer-cosine",
+                                           help="intermediates vs ONNX (-r): smallest cosine similarity"),
+    max_latency: Optional[float] = typer.Option(None, "--max-latency", help="fail when the board's median frame "
+                                                "latency exceeds this many milliseconds"),
+    input_shape: list[str] = typer.Option([], "--input-shape", help="NAME:1,3,224,224 for dynamic ONNX inputs (-s)"),
+    connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="seconds to wait for the board"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds a run may take on the board"),
+    fault: list[str] = typer.Option([], "--fault", hidden=True, help="embedded board only: inject a fault (testing)"),
+) -> None:
+    """Run the same inputs on quant.onnx (onnxruntime), the board and the simulator; compare them layer by layer."""
+    from qverify.client import views
+    from qverify.client.results import Tolerances
+    from qverify.client.ssh import SshOptions
+    from qverify.client.verify import verify
+
+    if ort_opt not in ("all", "disabled"):
+        raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
+    if transport not in ("sftp", "grpc"):
+        raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
+    if fault and board:
+        raise Failure("--fault works only on the embedded emulated board (no -b)", EXIT_BAD_INPUT)
+    for out in (json_out, junit_out, html_out):
+        if out is not None and not out.parent.exists():
+            raise Failure(f"report {out}: folder {out.parent} does not exist", EXIT_BAD_INPUT)
+    tolerances = Tolerances(digits=digits, max_lsb=max_lsb, min_cosine=min_cosine, min_layer_cosine=min_layer_cosine,
+                            max_latency_ms=max_latency)
+    ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts)
+    with views.push_progress() as push_progress:
+        result = verify(model, board, progress=views.progress_line, push_progress=push_progress, port=port,
+                        token=token, tls_ca=tls_ca, transport=transport, ssh=ssh, run_sim=run_sim,
+                        inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
+                        input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
+                        faults=fault)
+    from qverify.client import reports
+
+    if json_out:
+        reports.write_json(result, json_out)
+    if junit_out:
+        reports.write_junit(result, junit_out)
+    if html_out:
+        reports.write_html(result, html_out)
+    views.print_verify(result)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("info")
 def info_command(
     model: Path = typer.Argument(..., help="compiled model.bin"),
@@ -115,20 +192,32 @@ def main(argv: list[str] | None = None) -> int:
 
     Usage errors are typer's own (usage text, exit 2); qverify's errors print one line.
     """
+    from qverify.client.agent_client import AgentError, BadRequest
+    from qverify.client.boards import BoardSpecError
+    from qverify.client.inputs import InputFileError
+    from qverify.client.modelfiles import ModelFileError
+    from qverify.client.sides import SideError
+    from qverify.client.ssh import SshError
     from qverify.client.zoo import ZooError
     from qverify.simulator.errors import SimulatorError
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
+        args.insert(0, "verify")  # hb_verifier's shape: `qverify -m quant.onnx,model.bin -b HOST`
     try:
-        app(args=argv, prog_name="qverify")  # standalone: exits with the command's code
+        app(args=args, prog_name="qverify")  # standalone: exits with the command's code
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_BAD_INPUT)
     except Failure as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return exc.code
-    except (SimulatorError, ZooError) as exc:
+    except (SimulatorError, ZooError, ModelFileError, InputFileError, BoardSpecError, BadRequest) as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (AgentError, SshError, SideError) as exc:  # the board, the network or the lab
+        print(f"qverify: error: {exc}", file=sys.stderr)
+        return EXIT_INFRA
     except OSError as exc:  # unwritable output folder, a file where a folder should be, ...
         where = f" {exc.filename}" if exc.filename else ""
         print(f"qverify: error:{where}: {exc.strerror or exc}", file=sys.stderr)

@@ -130,3 +130,65 @@ def print_demo(result) -> None:
                    f"identical, simulator {1000 * result.sim_seconds / len(result.images):.1f} ms/image, "
                    f"onnxruntime {1000 * result.ort_seconds / len(result.images):.1f} ms/image: {verdict}")
     sys.stdout.flush()
+
+
+def print_verify(result, top: int = 8) -> None:
+    """One verdict line per pair, then for each pair a table of its outputs and worst layers."""
+    from rich.markup import escape
+
+    colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
+    for note in result.notes:
+        _console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    for pair in result.pairs:
+        table = Table(title=f"{escape(pair.a)} vs {escape(pair.b)} ({pair.criterion})", title_justify="left")
+        for column in ("tensor", "op", "elements", "max |diff|", f"within 1e-{pair.digits}", "exact / ±1 / >1 LSB",
+                       "cosine", "verdict"):
+            table.add_column(column, overflow="fold")
+        shown = list(pair.outputs)
+        worst = sorted((t for t in pair.layers), key=lambda t: (t.passed, t.cosine))[:top]
+        if pair.first_divergent is not None and pair.first_divergent not in worst + shown:
+            worst.insert(0, pair.first_divergent)
+        for t in sorted(shown, key=lambda t: t.index) + sorted(worst, key=lambda t: t.index):
+            mark = "output" if t.kind == "output" else t.kind
+            table.add_row(escape(t.name), escape(t.op or mark), str(t.elements), f"{t.max_abs_diff:.6g}",
+                          f"{100 * t.digits_fraction:.2f} %", f"{t.exact} / {t.off_by_one} / {t.beyond_one}",
+                          f"{t.cosine:.6f}", f"[{'green' if t.passed else 'red'}]{escape(t.reason)}[/]")
+        if shown or worst:
+            _console.print(table)
+            if pair.layers and len(pair.layers) > len(worst):
+                _console.print(f"[dim]{len(pair.layers)} layers compared; {len(worst)} least agreeing shown "
+                               "(--html shows all, plotted along the network)[/dim]")
+    if result.latency_failure:
+        _console.print(f"[red]{escape(result.latency_failure)}[/red]")
+    fd = result.first_divergent
+    if fd is not None:
+        _console.print(f"first divergent layer: [bold]{escape(fd.producer or fd.name)}[/bold] "
+                       f"({escape(fd.op or 'input')}) writing {escape(fd.name)}: {escape(fd.reason)}")
+    for pair in result.pairs:
+        _console.print(f"[{colour.get(pair.status, 'white')}]{escape(pair.verdict_line())}[/]")
+
+
+class push_progress:
+    """A progress bar for model pushes, shown only for large models on a terminal."""
+    THRESHOLD = 8 << 20
+
+    def __enter__(self):
+        self._bar = None
+        self._task = None
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if total < self.THRESHOLD or not _err.is_terminal:
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            self._bar = Progress("pushing model.bin", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 console=_err, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("push", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,144 @@
+"""Reaching a board: ``-b HOST[:PORT]`` or, without ``-b``, an embedded emulated board.
+
+:func:`open_board` yields a connected :class:`BoardClient` whose protocol version was
+checked. Without a host it starts a real agent in this process on loopback (real gRPC,
+temporary model store, the model's own target), so a newcomer needs no hardware; it is
+stopped when the ``with`` block ends.
+
+:func:`ensure_model` puts model.bin into the board's store, content-addressed: SFTP
+(default; the file lands in the store directory the agent reports) or the agent's
+PushModel (``--transport grpc``); a model the board already has is not sent again.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from qverify.client.agent_client import BoardClient, file_sha256
+
+DEFAULT_AGENT_PORT = 7060
+
+
+class BoardSpecError(ValueError):
+    """``-b`` cannot be parsed."""
+
+
+@dataclass
+class BoardOptions:
+    """How to reach a board's agent (and its SSH for pushes)."""
+    host: str | None = None  # None: embedded emulated board
+    port: int = DEFAULT_AGENT_PORT
+    token: str | None = None
+    tls_ca: Path | None = None
+    transport: str = "sftp"  # "sftp" or "grpc"
+    ssh: object | None = None  # qverify.client.ssh.SshOptions
+    connect_timeout: float = 5.0
+    timeout: float = 300.0
+    faults: list[str] = field(default_factory=list)  # embedded board only (tests, demos)
+
+    @property
+    def embedded(self) -> bool:
+        return self.host is None
+
+    @property
+    def label(self) -> str:
+        return "board" if self.host is None else f"board {self.host}"
+
+
+def parse_board(text: str | None, port: int | None = None) -> tuple[str | None, int]:
+    """``HOST``, ``HOST:PORT``, ``[v6]:PORT`` -> (host, port); ``--port`` fills a missing port."""
+    default = port or DEFAULT_AGENT_PORT
+    if text is None:
+        return None, default
+    text = text.strip()
+    if not text:
+        raise BoardSpecError("-b: empty board address; give HOST or HOST:PORT")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise BoardSpecError(f"-b {text}: no host; give HOST or HOST:PORT")
+    if port_text:
+        try:
+            value = int(port_text)
+        except ValueError:
+            value = -1
+        if not 0 < value < 65536:
+            raise BoardSpecError(f"-b {text}: port '{port_text}' must be a number from 1 to 65535")
+        return host, value
+    return host, default
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def embedded_board(target: str | None = None, faults: list[str] = ()) -> Iterator[str]:
+    """A real agent in this process on 127.0.0.1 (a free port), temporary store; yields its address."""
+    from qverify.agent.faults import parse_fault
+    from qverify.agent.server import AgentServer, ServerOptions
+    from qverify.simulator import get_target
+
+    if any(f.startswith("crash") for f in faults):
+        raise BoardSpecError("--fault crash kills the agent's process, which for the embedded board is this one; "
+                             "start qverify-agent with --fault crash:LAYER and point -b at it")
+    with tempfile.TemporaryDirectory(prefix="qverify-board-") as store:
+        options = ServerOptions(listen="127.0.0.1:0", model_dir=Path(store), target=get_target(target or "sim-a16"),
+                                grace_s=2.0)
+        server = AgentServer(options, [parse_fault(f) for f in faults])
+        server.start()
+        try:
+            yield f"127.0.0.1:{server.port}"
+        finally:
+            server.stop(grace=2.0)
+
+
+@contextlib.contextmanager
+def open_board(options: BoardOptions, target: str | None = None) -> Iterator[BoardClient]:
+    """A connected client (protocol checked); the embedded board lives as long as the block."""
+    with contextlib.ExitStack() as stack:
+        if options.embedded:
+            address = stack.enter_context(embedded_board(target, options.faults))
+        else:
+            address = _address(options.host, options.port)
+        client = stack.enter_context(BoardClient(address, token=options.token, tls_ca=options.tls_ca,
+                                                 timeout=options.timeout, connect_timeout=options.connect_timeout))
+        client.agent_info = client.info()
+        yield client
+
+
+@dataclass
+class PushReport:
+    sha256: str
+    sent: bool
+    bytes: int
+    seconds: float
+    transport: str
+
+
+def ensure_model(client: BoardClient, path: Path, options: BoardOptions,
+                 progress: Callable[[int, int], None] | None = None) -> PushReport:
+    """Make model.bin present in the board's store; returns its sha256 and whether bytes moved."""
+    import time
+
+    sha = file_sha256(path)
+    size = path.stat().st_size
+    start = time.perf_counter()
+    if client.has(sha):
+        return PushReport(sha, False, size, 0.0, "none")
+    if options.transport == "grpc" or options.embedded:
+        client.push(path)
+        return PushReport(sha, True, size, time.perf_counter() - start, "grpc")
+    from qverify.client.ssh import push_sftp
+
+    store_dir = client.agent_info.model_store_path
+    result = push_sftp(path, options.host, store_dir, sha, options.ssh, progress=progress)
+    return PushReport(sha, result.sent, size, result.seconds, "sftp")

@@ -1,0 +1,263 @@
+"""The engines that run the same inputs, behind one interface (Polygraphy-style runners).
+
+Each side is a context manager with ``run(frame, dump_all) -> SideOutput``:
+
+* :class:`OnnxSide`: quant.onnx in onnxruntime. ``ort_opt="all"`` is onnxruntime's
+  deployed reading (fused integer kernels), ``"disabled"`` the literal graph
+  (dequantize -> float op -> quantize). Outputs always come from the unmodified graph;
+  for ``-r`` a copy of the graph exposes the intermediate tensors the program names.
+* :class:`SimulatorSide`: the shared integer simulator on the host.
+* :class:`BoardSide`: a board (or the embedded emulated board) through its agent.
+
+A :class:`SideOutput` maps program tensor names to :class:`Observed` values, so every
+pair is compared by name whatever engine produced it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qverify.client.inputs import Frame
+from qverify.simulator.program import Program
+
+
+@dataclass
+class Observed:
+    """One tensor as a side saw it."""
+    values: np.ndarray  # float64, ONNX (logical) layout
+    codes: np.ndarray | None = None  # int8 codes when the side holds the tensor quantized
+    aligned: np.ndarray | None = None  # the raw aligned buffer (integer sides, -r)
+    layout_problem: str = ""  # aligned buffer inconsistent with the valid one
+
+
+@dataclass
+class SideOutput:
+    tensors: dict[str, Observed] = field(default_factory=dict)  # program tensor name -> value
+    seconds: float = 0.0
+    frame_us: list[float] = field(default_factory=list)  # board's own timing (board side)
+
+
+class SideError(Exception):
+    """A side could not run (the message says why); infrastructure, not inconsistency."""
+
+
+def _codes_to_values(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (codes.astype(np.float64) - zero_point) * float(scale)
+
+
+# ----------------------------------------------------------------------------- onnx
+
+
+class OnnxSide:
+    kind = "onnx"
+
+    def __init__(self, path: Path, program: Program | None, ort_opt: str = "all", threads: int = 1) -> None:
+        self.path = Path(path)
+        self.program = program
+        self.ort_opt = ort_opt
+        self.threads = threads
+        self.label = self.path.name
+        self._session = None
+        self._exposed = None
+        self._exposed_names: list[str] = []
+
+    def _options(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.ort_opt == "all"
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        return options
+
+    def __enter__(self) -> "OnnxSide":
+        import onnxruntime as ort
+
+        try:
+            self._session = ort.InferenceSession(str(self.path), self._options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise SideError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:300]})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._session = self._exposed = None
+
+    @property
+    def session(self):
+        return self._session
+
+    def _exposing_session(self):
+        """A session on a copy of the graph whose outputs include every program tensor ONNX computes."""
+        if self._exposed is None:
+            import onnx
+            import onnxruntime as ort
+
+            model = onnx.load(str(self.path))
+            produced = {o for node in model.graph.node for o in node.output}
+            present = {o.name for o in model.graph.output}
+            wanted = [t.name for t in self.program.tensors.values()] if self.program else []
+            wanted += [t.info.onnx_float_name for t in self.program.tensors.values()
+                       if self.program and t.info.onnx_float_name]
+            for name in wanted:
+                if name in produced and name not in present:
+                    model.graph.output.add().name = name
+                    present.add(name)
+            self._exposed = ort.InferenceSession(model.SerializeToString(), self._options(),
+                                                 providers=["CPUExecutionProvider"])
+            self._exposed_names = [o.name for o in self._exposed.get_outputs()]
+        return self._exposed
+
+    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+        start = time.perf_counter()
+        names = [o.name for o in self._session.get_outputs()]
+        try:
+            raw = dict(zip(names, self._session.run(names, frame.onnx)))
+            if dump_all:
+                exposed = self._exposing_session()
+                extra = dict(zip(self._exposed_names, exposed.run(self._exposed_names, frame.onnx)))
+                raw = {**extra, **raw}  # outputs from the unmodified graph win
+        except Exception as exc:
+            raise SideError(f"onnxruntime failed to run {self.path.name}: {str(exc).splitlines()[0][:300]}") from None
+        out = SideOutput(seconds=time.perf_counter() - start)
+        out.tensors = self._to_program_names(raw)
+        return out
+
+    def _to_program_names(self, raw: dict[str, np.ndarray]) -> dict[str, Observed]:
+        """ONNX tensors -> program names; uint8 codes shifted to the program's int8."""
+        if self.program is None:
+            return {k: Observed(np.asarray(v, dtype=np.float64)) for k, v in raw.items()}
+        tensors: dict[str, Observed] = {}
+        onnx_outputs = list(self.program.proto.onnx_outputs)
+        for name, t in self.program.tensors.items():
+            value = raw.get(name)
+            if value is None and t.info.onnx_float_name:
+                value = raw.get(t.info.onnx_float_name)
+            if value is None:
+                continue
+            tensors[name] = self._observed(value, t)
+        for out, onnx_name in zip(self.program.outputs, onnx_outputs):
+            if onnx_name in raw:  # the graph output (often the dequantized float) is the model's answer
+                tensors[out.name] = self._observed(raw[onnx_name], out)
+        return tensors
+
+    @staticmethod
+    def _observed(value: np.ndarray, t) -> Observed:
+        value = np.asarray(value)
+        if value.dtype in (np.uint8, np.int8) and t.quantized:
+            codes = (value.astype(np.int16) - (128 if value.dtype == np.uint8 else 0)).astype(np.int8)
+            return Observed(_codes_to_values(codes, t.scale, t.zero_point), codes)
+        return Observed(value.astype(np.float64))
+
+
+# ----------------------------------------------------------------------- integer sides
+
+
+def _valid_to_logical(array: np.ndarray, tensor) -> np.ndarray:
+    """Board/simulator valid dumps and outputs are in the logical (ONNX) layout, except images."""
+    if tensor.info.logical_layout == "NHWC" or array.shape == tuple(tensor.shape):
+        return array
+    return array.reshape(tensor.shape)
+
+
+def observe_integer(tensor, valid: np.ndarray, aligned: np.ndarray | None = None) -> Observed:
+    valid = _valid_to_logical(np.asarray(valid), tensor)
+    if tensor.quantized:
+        return Observed(_codes_to_values(valid, tensor.scale, tensor.zero_point), valid.astype(np.int8), aligned)
+    return Observed(valid.astype(np.float64), None, aligned)
+
+
+class SimulatorSide:
+    kind = "simulator"
+    label = "simulator"
+
+    def __init__(self, program: Program, layout: str = "both") -> None:
+        self.program = program
+        self.layout = layout
+        self._sim = None
+
+    def __enter__(self) -> "SimulatorSide":
+        from qverify.simulator import Simulator
+
+        self._sim = Simulator(self.program)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sim = None
+
+    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+        out = SideOutput()
+        tensors = self.program.tensors
+
+        def sink(dump) -> None:
+            out.tensors[dump.tensor.name] = observe_integer(dump.tensor, dump.valid, dump.aligned)
+
+        start = time.perf_counter()
+        result = self._sim.run(frame.board, dump="all" if dump_all else None,
+                               dump_layout=self.layout if dump_all else "valid", sink=sink if dump_all else None)
+        out.seconds = time.perf_counter() - start
+        for name, value in result.outputs.items():
+            if name not in out.tensors:
+                out.tensors[name] = observe_integer(tensors[name], value)
+        return out
+
+
+class BoardSide:
+    """A model on a board: ``client`` is a connected :class:`~qverify.client.agent_client.BoardClient`."""
+    kind = "board"
+    label = "board"
+
+    def __init__(self, client, sha256: str, program: Program, layout: str = "both") -> None:
+        self.client = client
+        self.sha256 = sha256
+        self.program = program
+        self.layout = layout
+
+    def __enter__(self) -> "BoardSide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+        start = time.perf_counter()
+        outcome = self.client.run(self.sha256, frame.board, dump="all" if dump_all else None,
+                                  layout=self.layout if dump_all else "valid")
+        out = SideOutput(seconds=time.perf_counter() - start)
+        tensors = self.program.tensors
+        aligned = {name: d for (name, layout), d in outcome.dumps.items() if layout == "aligned"}
+        for (name, layout), dumped in outcome.dumps.items():
+            if layout != "valid" or name not in tensors:
+                continue
+            raw = aligned.get(name)
+            observed = observe_integer(tensors[name], dumped.array, raw.array if raw else None)
+            if raw is not None:
+                observed.layout_problem = check_aligned(tensors[name], raw.array,
+                                                        _valid_to_logical(dumped.array, tensors[name]))
+            out.tensors[name] = observed
+        for name, value in outcome.outputs.items():
+            if name in tensors and name not in out.tensors:
+                out.tensors[name] = observe_integer(tensors[name], value)
+        if outcome.timing is not None:
+            out.frame_us = list(outcome.timing.frame_us)
+        return out
+
+
+def check_aligned(tensor, aligned: np.ndarray, valid: np.ndarray) -> str:
+    """'' when the aligned buffer holds exactly the valid tensor, padded with the zero point."""
+    if tensor.info.logical_layout:  # an image held as received: the aligned buffer is the tensor
+        return "" if np.array_equal(aligned, valid) else "aligned buffer differs from the valid tensor"
+    native = valid.transpose(0, 2, 3, 1) if valid.ndim == 4 else valid
+    if aligned.ndim != native.ndim or any(a < v for a, v in zip(aligned.shape, native.shape)):
+        return f"aligned shape {list(aligned.shape)} cannot hold the valid shape {list(native.shape)}"
+    region = tuple(slice(0, d) for d in native.shape)
+    if not np.array_equal(aligned[region], native):
+        return "aligned buffer's valid region differs from the valid tensor"
+    pad = np.ones(aligned.shape, dtype=bool)
+    pad[region] = False
+    fill = tensor.zero_point if tensor.quantized else 0
+    bad = int(np.count_nonzero(aligned[pad] != fill))
+    return f"{bad} padding elements are not the zero point ({fill})" if bad else ""

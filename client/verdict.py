@@ -1,0 +1,156 @@
+"""The verdict policy: when do two sides agree? (documented in docs/verdict.md)
+
+Two kinds of pairs:
+
+* **bit-exact** (board vs simulator, two integer pipelines): every compared tensor must be
+  identical, code for code, and a board's aligned buffers must hold exactly the valid
+  tensor padded with the zero point. The first tensor in execution order that differs is
+  the first divergent layer: everything before it is identical, so its producer is where
+  the board goes wrong.
+* **tolerance** (quant.onnx vs an integer side): onnxruntime requantizes in float, the
+  integer pipeline in fixed point, so 1-LSB differences appear and accumulate with depth.
+  A model output agrees when every element is within 10^-N (``-c N``), or when the
+  difference is rounding drift: at most ``max_lsb`` LSB anywhere and cosine similarity
+  at least ``min_cosine``. Intermediate tensors (``-r``) drift more the deeper they are,
+  so they fail only on gross errors (cosine below ``min_layer_cosine``), which names the
+  first layer that is really wrong (wrong weights, scales, preprocessing) without crying
+  wolf on accumulated rounding.
+
+Comparison functions are pluggable: :data:`CRITERIA` maps a criterion name to the function
+that judges one tensor.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from qverify.client.results import FAILED, PASSED, PairResult, TensorResult, Tolerances
+from qverify.client.sides import Observed, SideOutput
+from qverify.simulator.program import Program
+
+Judge = Callable[[TensorResult, Tolerances, bool], tuple[bool, str]]
+
+
+def measure(name: str, a: Observed, b: Observed, scale: float | None, digits: int) -> dict:
+    """The figures of one tensor pair: digits agreement, integer view, cosine."""
+    va, vb = a.values.ravel(), b.values.ravel()
+    if va.shape != vb.shape:
+        raise ValueError(f"{name}: {va.size} vs {vb.size} elements")
+    diff = np.abs(va - vb)
+    if a.codes is not None and b.codes is not None:
+        lsb = np.abs(a.codes.astype(np.int16).ravel() - b.codes.astype(np.int16).ravel())
+    elif scale:
+        lsb = np.rint(diff / scale)
+    else:  # float tensors: "exact" means equal, anything else counts as beyond one LSB
+        lsb = np.where(diff == 0, 0, 2)
+    na, nb = float(np.linalg.norm(va)), float(np.linalg.norm(vb))
+    if na and nb:
+        cosine = float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
+    else:
+        cosine = 1.0 if na == nb else 0.0
+    return dict(elements=int(va.size), max_abs_diff=float(diff.max(initial=0.0)),
+                within_digits=int(np.count_nonzero(diff <= 10.0 ** (-digits) * (1 + 1e-9))),
+                exact=int(np.count_nonzero(lsb == 0)), off_by_one=int(np.count_nonzero(lsb == 1)),
+                beyond_one=int(np.count_nonzero(lsb > 1)), max_lsb=int(lsb.max(initial=0)), cosine=cosine)
+
+
+def judge_bit_exact(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[bool, str]:
+    if not t.layout_ok:
+        return False, "aligned buffer inconsistent"
+    if t.exact == t.elements and t.max_abs_diff == 0.0:
+        return True, "bit-exact"
+    return False, f"{t.elements - t.exact} of {t.elements} elements differ (max {t.max_lsb} LSB)"
+
+
+def judge_tolerance(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[bool, str]:
+    if t.within_digits == t.elements:
+        return True, f"all within 1e-{tol.digits}"
+    drift = f"max {t.max_lsb} LSB, {t.beyond_one} > 1 LSB, cosine {t.cosine:.6f}"
+    if is_output:
+        if t.max_lsb <= tol.max_lsb and t.cosine >= tol.min_cosine:
+            return True, f"rounding drift ({drift})"
+        return False, f"beyond rounding drift ({drift}; allowed max {tol.max_lsb} LSB, cosine >= {tol.min_cosine})"
+    if t.cosine >= tol.min_layer_cosine:
+        return True, f"drift ({drift})"
+    return False, f"gross error (cosine {t.cosine:.4f} < {tol.min_layer_cosine}; max {t.max_lsb} LSB)"
+
+
+CRITERIA: dict[str, Judge] = {"bit-exact": judge_bit_exact, "tolerance": judge_tolerance}
+
+
+def tensor_order(program: Program) -> dict[str, tuple[int, str, str, str]]:
+    """Program tensor -> (execution index, producer, ONNX op, placement)."""
+    order: dict[str, tuple[int, str, str, str]] = {}
+    for t in program.inputs:
+        order[t.name] = (len(order), "", "", "")
+    for node in program.nodes:
+        for out in node.outputs:
+            order.setdefault(out, (len(order), node.name, node.onnx_op, "cpu" if node.on_cpu else "npu"))
+    return order
+
+
+def merge(old: TensorResult | None, new: TensorResult) -> TensorResult:
+    """Worst case over frames: counts add up, extremes are kept."""
+    if old is None:
+        return new
+    old.elements += new.elements
+    old.within_digits += new.within_digits
+    old.exact += new.exact
+    old.off_by_one += new.off_by_one
+    old.beyond_one += new.beyond_one
+    old.max_abs_diff = max(old.max_abs_diff, new.max_abs_diff)
+    old.max_lsb = max(old.max_lsb, new.max_lsb)
+    old.cosine = min(old.cosine, new.cosine)
+    old.layout_ok = old.layout_ok and new.layout_ok
+    if old.passed and not new.passed:
+        old.passed, old.reason = False, new.reason
+    return old
+
+
+class PairComparer:
+    """Accumulates one pair's comparison over frames."""
+
+    def __init__(self, a: str, b: str, criterion: str, program: Program, tolerances: Tolerances) -> None:
+        self.pair = PairResult(a, b, criterion, digits=tolerances.digits)
+        self.program = program
+        self.tol = tolerances
+        self.judge = CRITERIA[criterion]
+        self.order = tensor_order(program)
+        self.outputs = [t.name for t in program.outputs]
+        self._results: dict[str, TensorResult] = {}
+
+    def add_frame(self, a: SideOutput, b: SideOutput, dump_all: bool) -> None:
+        names = list(self.outputs)
+        if dump_all:
+            names += [n for n in a.tensors if n in b.tensors and n not in self.outputs]
+        for name in names:
+            if name not in a.tensors or name not in b.tensors:
+                continue
+            tensor = self.program.tensors[name]
+            oa, ob = a.tensors[name], b.tensors[name]
+            figures = measure(name, oa, ob, tensor.scale if tensor.quantized else None, self.tol.digits)
+            index, producer, op, placement = self.order.get(name, (len(self.order), "", "", ""))
+            is_output = name in self.outputs
+            kind = "output" if is_output else ("input" if not producer else "layer")
+            problem = oa.layout_problem or ob.layout_problem
+            result = TensorResult(name=name, kind=kind, index=index, producer=producer, op=op,
+                                  placement=placement, shape=list(tensor.shape), scale=tensor.scale or None,
+                                  passed=True, reason="", layout_ok=not problem, **figures)
+            passed, reason = self.judge(result, self.tol, is_output)
+            result.passed, result.reason = passed, (problem if problem else reason)
+            self._results[name] = merge(self._results.get(name), result)
+
+    def finish(self) -> PairResult:
+        pair = self.pair
+        ordered = sorted(self._results.values(), key=lambda t: t.index)
+        pair.outputs = [t for t in ordered if t.kind == "output"]
+        pair.layers = [t for t in ordered if t.kind != "output"]
+        missing = [n for n in self.outputs if n not in self._results]
+        failing = [t for t in ordered if not t.passed]
+        pair.first_divergent = failing[0] if failing else None
+        if missing:
+            pair.status, pair.message = FAILED, f"output {missing[0]} missing on one side"
+        else:
+            pair.status = FAILED if failing else PASSED
+        return pair
