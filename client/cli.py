@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         app(args=args, prog_name="qverify")  # standalone: exits with the command's code
     except SystemExit as exc:
         code = exc.code
+        if code == 130:  # Ctrl-C inside a command (typer's own handling)
+            print("qverify: interrupted", file=sys.stderr)
         return code if isinstance(code, int) else (0 if code is None else EXIT_BAD_INPUT)
     except Failure as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)

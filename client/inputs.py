@@ -56,7 +56,7 @@ def ports_from_program(program: Program) -> list[InputPort]:
     ports = []
     onnx_names = list(program.proto.onnx_inputs) or [t.name for t in program.inputs]
     for tensor, onnx_name in zip(program.inputs, onnx_names):
-        pre = program.preprocess.get(tensor.name)
+        pre = program.preprocess.get(tensor.name) or program.preprocess.get(onnx_name)
         if pre is not None:
             n, h, w, c = (int(d) for d in pre.image_shape)
             onnx_shape = (n, len(pre.mean), h, w)

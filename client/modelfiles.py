@@ -80,7 +80,7 @@ def pairing_problem(onnx_path: Path, model, program) -> tuple[str, str]:
             return (f"model.bin takes input '{name}', which {onnx_path.name} does not have "
                     f"(it has {', '.join(sorted(inputs)) or 'none'})"), ""
         dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[name].type.tensor_type.shape.dim]
-        pre = program.preprocess.get(tensor.name)
+        pre = program.preprocess.get(tensor.name) or program.preprocess.get(name)
         want = list(tensor.shape) if pre is None else [int(pre.image_shape[0]), len(pre.mean),
                                                       int(pre.image_shape[1]), int(pre.image_shape[2])]
         if len(dims) != len(want) or any(d is not None and d != w for d, w in zip(dims, want)):
@@ -89,10 +89,15 @@ def pairing_problem(onnx_path: Path, model, program) -> tuple[str, str]:
     if missing_out:
         return (f"model.bin produces '{missing_out[0]}', which is not an output of {onnx_path.name}"), ""
     produced = {o for node in graph.node for o in node.output} | set(inputs)
-    names = [t.name for t in program.tensors.values()]
-    known = sum(1 for n in names if n in produced or program.tensors[n].info.onnx_float_name in produced)
-    if names and known < 0.9 * len(names):
-        return (f"only {known} of the {len(names)} tensors model.bin names exist in {onnx_path.name}: "
-                "it was compiled from another model"), ""
+    missing = [n for n, t in program.tensors.items() if n not in produced and t.info.onnx_float_name not in produced]
+    if missing:
+        return (f"model.bin computes tensor '{missing[0]}' (and {len(missing) - 1} more), which "
+                f"{onnx_path.name} does not have: it was compiled from another model"), ""
+    if program.proto.source_format == "QDQ":  # QOperator models are rewritten, with new node names
+        nodes = {node.name for node in graph.node}
+        foreign = [n for node in program.nodes for n in node.onnx_nodes if n not in nodes]
+        if foreign:
+            return (f"model.bin was lowered from node '{foreign[0]}', which {onnx_path.name} does not have: "
+                    "it was compiled from another model"), ""
     return "", (f"model.bin was compiled from a file with another sha256 ({program.proto.source_sha256[:12]}), "
                 f"but its inputs, outputs and tensors match {onnx_path.name}")

@@ -86,8 +86,12 @@ class PairResult:
     def verdict_line(self) -> str:
         """``quant.onnx vs board: 2 outputs, consistent to 5 digits: PASSED``"""
         head = f"{self.a} vs {self.b}"
-        if self.status in (MISMATCHED, ERROR):
-            return f"{head}: {self.message}: {self.status}"
+        where = ""
+        if self.first_divergent is not None and not self.passed:
+            fd = self.first_divergent
+            where = f", first divergent layer {fd.producer or fd.name} ({fd.op or 'input'}) -> {fd.name}"
+        if self.message:
+            return f"{head}: {self.message}{where}: {self.status}"
         n = len(self.outputs)
         outputs = f"{n} output{'s' if n != 1 else ''}"
         layers = f", {len(self.layers)} layers" if self.layers else ""
@@ -97,10 +101,6 @@ class PairResult:
             full = all(t.within_digits == t.elements for t in self.outputs)
             how = (f"consistent to {self.digits} digits" if full and self.passed
                    else "consistent within rounding drift" if self.passed else "inconsistent")
-        where = ""
-        if self.first_divergent is not None and not self.passed:
-            fd = self.first_divergent
-            where = f", first divergent layer {fd.producer or fd.name} ({fd.op or 'input'}) -> {fd.name}"
         return f"{head}: {outputs}{layers}, {how}{where}: {self.status}"
 
 

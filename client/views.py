@@ -132,40 +132,49 @@ def print_demo(result) -> None:
     sys.stdout.flush()
 
 
+def _short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2):]
+
+
 def print_verify(result, top: int = 8) -> None:
-    """One verdict line per pair, then for each pair a table of its outputs and worst layers."""
+    """A table per pair (outputs, then the least agreeing layers), then one verdict line per pair."""
     from rich.markup import escape
 
     colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
     for note in result.notes:
         _console.print(f"[yellow]note:[/yellow] {escape(note)}")
     for pair in result.pairs:
+        rows = list(pair.outputs)
+        worst = sorted(pair.layers, key=lambda t: (t.passed, t.cosine))[:top]
+        if pair.first_divergent is not None and all(pair.first_divergent is not t for t in rows + worst):
+            worst.append(pair.first_divergent)
+        if not rows and not worst:
+            continue
         table = Table(title=f"{escape(pair.a)} vs {escape(pair.b)} ({pair.criterion})", title_justify="left")
-        for column in ("tensor", "op", "elements", "max |diff|", f"within 1e-{pair.digits}", "exact / ±1 / >1 LSB",
-                       "cosine", "verdict"):
-            table.add_column(column, overflow="fold")
-        shown = list(pair.outputs)
-        worst = sorted((t for t in pair.layers), key=lambda t: (t.passed, t.cosine))[:top]
-        if pair.first_divergent is not None and pair.first_divergent not in worst + shown:
-            worst.insert(0, pair.first_divergent)
-        for t in sorted(shown, key=lambda t: t.index) + sorted(worst, key=lambda t: t.index):
-            mark = "output" if t.kind == "output" else t.kind
-            table.add_row(escape(t.name), escape(t.op or mark), str(t.elements), f"{t.max_abs_diff:.6g}",
-                          f"{100 * t.digits_fraction:.2f} %", f"{t.exact} / {t.off_by_one} / {t.beyond_one}",
-                          f"{t.cosine:.6f}", f"[{'green' if t.passed else 'red'}]{escape(t.reason)}[/]")
-        if shown or worst:
-            _console.print(table)
-            if pair.layers and len(pair.layers) > len(worst):
-                _console.print(f"[dim]{len(pair.layers)} layers compared; {len(worst)} least agreeing shown "
-                               "(--html shows all, plotted along the network)[/dim]")
+        table.add_column("tensor", overflow="fold", ratio=3)
+        table.add_column("op")
+        table.add_column("max |diff|", justify="right")
+        table.add_column(f"≤1e-{pair.digits}", justify="right")
+        table.add_column("LSB =/±1/>1", justify="right")
+        table.add_column("cosine", justify="right")
+        table.add_column("", justify="center")
+        for t in rows + sorted(worst, key=lambda t: t.index):
+            ok = "[green]ok[/]" if t.passed else "[red]FAIL[/]"
+            table.add_row(escape(_short(t.name)), escape(t.op or t.kind), f"{t.max_abs_diff:.3g}",
+                          f"{100 * t.digits_fraction:.1f}%", f"{t.exact}/{t.off_by_one}/{t.beyond_one}",
+                          f"{t.cosine:.5f}", ok)
+        _console.print(table)
+        if pair.layers and len(pair.layers) > len(worst):
+            _console.print(f"[dim]{len(pair.layers)} layers compared, the {len(worst)} least agreeing shown; "
+                           "--html plots them all along the network[/dim]")
     if result.latency_failure:
         _console.print(f"[red]{escape(result.latency_failure)}[/red]")
     fd = result.first_divergent
     if fd is not None:
-        _console.print(f"first divergent layer: [bold]{escape(fd.producer or fd.name)}[/bold] "
-                       f"({escape(fd.op or 'input')}) writing {escape(fd.name)}: {escape(fd.reason)}")
+        _console.print(f"first divergent layer: [bold]{escape(fd.producer or fd.name)}[/bold] ({escape(fd.op or 'input')})"
+                       f" writing {escape(fd.name)}: {escape(fd.reason)}")
     for pair in result.pairs:
-        _console.print(f"[{colour.get(pair.status, 'white')}]{escape(pair.verdict_line())}[/]")
+        _console.print(f"[{colour.get(pair.status, 'white')}]{escape(pair.verdict_line())}[/]", soft_wrap=True)
 
 
 class push_progress:
