@@ -183,8 +183,23 @@ def demo_command(
     workdir.mkdir(parents=True, exist_ok=True)
     result = run_demo(model, workdir, images, digits, progress=views.progress_line)
     views.print_demo(result)
-    if not result.classes_agree:
-        raise typer.Exit(EXIT_INCONSISTENT)
+    # The main job on the same files: quant.onnx vs the embedded emulated board vs the
+    # simulator, layer by layer, on the real images as PNG files.
+    from qverify.client import reports
+    from qverify.client.demo import write_images
+    from qverify.client.verify import verify
+
+    pngs = write_images(model, workdir, images)
+    views.progress_line(f"qverify -m {result.quant_onnx.name},{result.model_bin.name} -r -i {pngs[0].parent.name}/*.png "
+                        "(embedded emulated board)")
+    verdict = verify([result.quant_onnx, result.model_bin], inputs=[str(p) for p in pngs], dump_all=True,
+                     progress=views.progress_line)
+    reports.write_html(verdict, workdir / "report.html")
+    reports.write_json(verdict, workdir / "report.json")
+    views.print_verify(verdict)
+    views.progress_line(f"reports: {workdir / 'report.html'}, {workdir / 'report.json'}")
+    if not result.classes_agree or not verdict.passed:
+        raise typer.Exit(verdict.exit_code or EXIT_INCONSISTENT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,3 +74,19 @@ def run_demo(key: str, workdir: Path, image_count: int = 8, digits: int = 2, pro
         cmp = compare(out.name, board, reference, out.scale if out.quantized else None, digits)
         result.images.append(DemoImageResult(index, cmp, int(np.argmax(board)), int(np.argmax(reference))))
     return result
+
+
+def write_images(key: str, workdir: Path, count: int) -> list[Path]:
+    """The demo's real images as PNG files (what a user would pass with -i)."""
+    from PIL import Image
+
+    folder = workdir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(zoo.model_images(key, count)):
+        path = folder / f"{key}_{index}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(np.ascontiguousarray(image[0][..., ::-1])).save(tmp, format="PNG")  # BGR -> RGB file
+        tmp.replace(path)
+        paths.append(path)
+    return paths
