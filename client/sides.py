@@ -222,6 +222,10 @@ class BoardSide:
     def __exit__(self, *exc) -> None:
         pass
 
+    def cancel(self) -> None:
+        """Abandon a run in flight: closing the channel cancels the call; the board stays usable."""
+        self.client.close()
+
     def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
         start = time.perf_counter()
         outcome = self.client.run(self.sha256, frame.board, dump="all" if dump_all else None,

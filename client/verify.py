@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,7 +34,7 @@ from qverify.client.agent_client import AgentError, BoardUnreachable
 from qverify.client.boards import BoardOptions, ensure_model, open_board, parse_board
 from qverify.client.modelfiles import ModelFileError, classify, load_onnx, pairing_problem
 from qverify.client.results import (
-    ERROR, FAILED, MISMATCHED, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
+    FAILED, MISMATCHED, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, OnnxSide, SimulatorSide, SideOutput
 from qverify.client.verdict import PairComparer, tensor_order
@@ -170,6 +171,42 @@ class Verification:
             "push_seconds": round(push.seconds, 4), "faults": list(info.faults)}))
         return BoardSide(client, push.sha256, program)
 
+    def _run_sides(self, pool: ThreadPoolExecutor, sides: list, frame, broken: dict[str, str],
+                   program) -> dict[str, SideOutput]:
+        """Run one frame everywhere. The board works in its own process (or server thread), so
+        its run overlaps the host's onnxruntime and simulator runs instead of adding to them."""
+        outputs: dict[str, SideOutput] = {}
+        live = [s for s in sides if s.label not in broken]
+        remote = [s for s in live if s.kind == "board"]
+        futures = {s.label: pool.submit(s.run, frame, self.o.dump_all) for s in remote}
+        try:
+            for side in live:
+                if side.kind != "board":
+                    outputs[side.label] = side.run(frame, self.o.dump_all)
+            for side in remote:
+                try:
+                    outputs[side.label] = futures[side.label].result()
+                except AgentError as exc:
+                    if not _died_during_run(exc):
+                        raise
+                    broken[side.label] = _death_message(exc, program)
+                    self._note_death(side, exc, program)
+        except BaseException:  # Ctrl-C or a host-side failure: cancel the board's run, do not wait it out
+            for side in remote:
+                side.cancel()
+            wait(futures.values(), timeout=10)
+            raise
+        return outputs
+
+    def _compare_frame(self, outputs: dict[str, SideOutput], sides: list, pairs: list, comparers: list,
+                       frame_us: list[float]) -> None:
+        board_out = next((outputs[s.label] for s in sides if s.kind == "board" and s.label in outputs), None)
+        if board_out is not None:
+            frame_us += board_out.frame_us
+        for (a, b, _), comparer in zip(pairs, comparers):
+            if a.label in outputs and b.label in outputs:
+                comparer.add_frame(outputs[a.label], outputs[b.label], self.o.dump_all)
+
     def _pairs(self, sides: list, explicit_sim: bool) -> list[tuple[object, object, str]]:
         by_kind = {s.kind: s for s in sides}
         pairs = []
@@ -187,25 +224,11 @@ class Verification:
         comparers = [PairComparer(a.label, b.label, criterion, program, self.o.tolerances) for a, b, criterion in pairs]
         broken: dict[str, str] = {}  # side label -> why it could not run
         frame_us: list[float] = []
-        for number, frame in enumerate(frames):
-            self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}")
-            outputs: dict[str, SideOutput] = {}
-            for side in sides:
-                if side.label in broken:
-                    continue
-                try:
-                    outputs[side.label] = side.run(frame, self.o.dump_all)
-                except AgentError as exc:
-                    if not _died_during_run(exc):
-                        raise
-                    broken[side.label] = _death_message(exc, program)
-                    self._note_death(side, exc, program)
-            board_out = next((outputs[s.label] for s in sides if s.kind == "board" and s.label in outputs), None)
-            if board_out is not None:
-                frame_us += board_out.frame_us
-            for (a, b, _), comparer in zip(pairs, comparers):
-                if a.label in outputs and b.label in outputs:
-                    comparer.add_frame(outputs[a.label], outputs[b.label], self.o.dump_all)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qverify-board") as pool:
+            for number, frame in enumerate(frames):
+                self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}")
+                outputs = self._run_sides(pool, sides, frame, broken, program)
+                self._compare_frame(outputs, sides, pairs, comparers, frame_us)
         for (a, b, _), comparer in zip(pairs, comparers):
             pair = comparer.finish()
             dead = broken.get(a.label) or broken.get(b.label)
