@@ -211,6 +211,16 @@ class BoardClient:
             outcome.dumps[(header.name, header.layout)] = DumpedTensor(header, array)
         return outcome
 
+    def perf(self, sha256: str, inputs: dict[str, np.ndarray] | None = None, frames: int = 100, threads: int = 1,
+             warmup: int = 0) -> pb.PerfReply:
+        """Perf: latency distribution and throughput over ``frames`` on ``threads`` concurrent runners.
+
+        Without ``inputs`` the agent runs seeded random inputs.
+        """
+        request = pb.PerfRequest(model_sha256=sha256, inputs=[to_wire(n, a) for n, a in (inputs or {}).items()],
+                                 frames=frames, threads=threads, warmup=warmup)
+        return self._call(self.stub.Perf, request)
+
 
 def check_protocol(agent_version: str, address: str) -> None:
     ours, theirs = PROTOCOL_VERSION.split(".")[0], (agent_version or "0").split(".")[0]
