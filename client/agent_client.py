@@ -166,14 +166,16 @@ class BoardClient:
         return sha
 
     def run(self, sha256: str, inputs: dict[str, np.ndarray], dump: str | list[str] | None = None,
-            layout: str = "valid", dequantized: bool = False, frames: int = 1, warmup: int = 0) -> RunOutcome:
+            layout: str = "valid", dequantized: bool = False, frames: int = 1, warmup: int = 0,
+            chunk_bytes: int = 0) -> RunOutcome:
         mode = {None: pb.DUMP_NONE, "outputs": pb.DUMP_OUTPUTS, "all": pb.DUMP_ALL}.get(
             dump if isinstance(dump, (str, type(None))) else "named", pb.DUMP_NAMED)
         request = pb.RunRequest(
             model_sha256=sha256, inputs=[to_wire(n, a) for n, a in inputs.items()], dump=mode,
             dump_names=list(dump) if mode == pb.DUMP_NAMED else [],
             dump_layout={"valid": pb.LAYOUT_VALID, "aligned": pb.LAYOUT_ALIGNED, "both": pb.LAYOUT_BOTH}[layout],
-            dump_values=pb.VALUES_DEQUANTIZED if dequantized else pb.VALUES_RAW, frames=frames, warmup=warmup)
+            dump_values=pb.VALUES_DEQUANTIZED if dequantized else pb.VALUES_RAW, frames=frames, warmup=warmup,
+            chunk_bytes=chunk_bytes)
         outcome = RunOutcome(outputs={})
         headers: dict[tuple[int, str], pb.DumpHeader] = {}
         buffers: dict[tuple[int, str], bytearray] = {}

@@ -202,6 +202,14 @@ def demo_command(
         raise typer.Exit(verdict.exit_code or EXIT_INCONSISTENT)
 
 
+def _register_exec_commands() -> None:
+    """Add run, perf and board info (their module imports this one, so not at import time)."""
+    if not any(getattr(c, "name", None) == "run" for c in app.registered_commands):
+        from qverify.client import exec_commands
+
+        exec_commands.register(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, mapping foreseeable errors to one line and an exit code.
 
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     from qverify.client.zoo import ZooError
     from qverify.simulator.errors import SimulatorError
 
+    _register_exec_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
         args.insert(0, "verify")  # hb_verifier's shape: `qverify -m quant.onnx,model.bin -b HOST`
@@ -246,4 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m qverify.client.cli`: run the importable module's main, so that the exception
+    # classes the commands raise are the ones main() catches.
+    from qverify.client.cli import main as _main
+
+    sys.exit(_main())

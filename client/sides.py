@@ -26,11 +26,20 @@ from qverify.simulator.program import Program
 
 @dataclass
 class Observed:
-    """One tensor as a side saw it."""
-    values: np.ndarray  # float64, ONNX (logical) layout
+    """One tensor as a side saw it: float values, or int8 codes (values derived when asked)."""
+    raw_values: np.ndarray | None = None  # float, ONNX (logical) layout
     codes: np.ndarray | None = None  # int8 codes when the side holds the tensor quantized
     aligned: np.ndarray | None = None  # the raw aligned buffer (integer sides, -r)
     layout_problem: str = ""  # aligned buffer inconsistent with the valid one
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        """float64 values (dequantized codes); computed once, only when a comparison needs them."""
+        if self.raw_values is None:
+            self.raw_values = _codes_to_values(self.codes, self.scale, self.zero_point)
+        return self.raw_values
 
 
 @dataclass
@@ -149,7 +158,7 @@ class OnnxSide:
         value = np.asarray(value)
         if value.dtype in (np.uint8, np.int8) and t.quantized:
             codes = (value.astype(np.int16) - (128 if value.dtype == np.uint8 else 0)).astype(np.int8)
-            return Observed(_codes_to_values(codes, t.scale, t.zero_point), codes)
+            return Observed(None, codes, scale=t.scale, zero_point=t.zero_point)
         return Observed(value.astype(np.float64))
 
 
@@ -166,7 +175,8 @@ def _valid_to_logical(array: np.ndarray, tensor) -> np.ndarray:
 def observe_integer(tensor, valid: np.ndarray, aligned: np.ndarray | None = None) -> Observed:
     valid = _valid_to_logical(np.asarray(valid), tensor)
     if tensor.quantized:
-        return Observed(_codes_to_values(valid, tensor.scale, tensor.zero_point), valid.astype(np.int8), aligned)
+        return Observed(None, valid.astype(np.int8, copy=False), aligned, scale=tensor.scale,
+                        zero_point=tensor.zero_point)
     return Observed(valid.astype(np.float64), None, aligned)
 
 
@@ -206,15 +216,21 @@ class SimulatorSide:
 
 
 class BoardSide:
-    """A model on a board: ``client`` is a connected :class:`~qverify.client.agent_client.BoardClient`."""
+    """A model on a board: ``client`` is a connected :class:`~qverify.client.agent_client.BoardClient`.
+
+    With dumps (``-r``) the board sends each tensor once, as the aligned buffer it holds
+    (padding included); the valid tensor is cut out of it here with the shapes the board
+    reports, and the padding is checked. Asking for both layouts would send every tensor
+    twice for no extra information.
+    """
     kind = "board"
     label = "board"
 
-    def __init__(self, client, sha256: str, program: Program, layout: str = "both") -> None:
+    def __init__(self, client, sha256: str, program: Program, chunk_bytes: int = 4 << 20) -> None:
         self.client = client
         self.sha256 = sha256
         self.program = program
-        self.layout = layout
+        self.chunk_bytes = chunk_bytes
 
     def __enter__(self) -> "BoardSide":
         return self
@@ -227,20 +243,21 @@ class BoardSide:
         self.client.close()
 
     def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+        from qverify.simulator.layout import to_valid
+
         start = time.perf_counter()
-        outcome = self.client.run(self.sha256, frame.board, dump="all" if dump_all else None,
-                                  layout=self.layout if dump_all else "valid")
+        outcome = self.client.run(self.sha256, frame.board, dump="all" if dump_all else None, layout="aligned",
+                                  chunk_bytes=self.chunk_bytes)
         out = SideOutput(seconds=time.perf_counter() - start)
         tensors = self.program.tensors
-        aligned = {name: d for (name, layout), d in outcome.dumps.items() if layout == "aligned"}
         for (name, layout), dumped in outcome.dumps.items():
-            if layout != "valid" or name not in tensors:
+            tensor = tensors.get(name)
+            if tensor is None:
                 continue
-            raw = aligned.get(name)
-            observed = observe_integer(tensors[name], dumped.array, raw.array if raw else None)
-            if raw is not None:
-                observed.layout_problem = check_aligned(tensors[name], raw.array,
-                                                        _valid_to_logical(dumped.array, tensors[name]))
+            aligned = dumped.array
+            valid = aligned if tensor.info.logical_layout else to_valid(aligned, tuple(tensor.shape))
+            observed = observe_integer(tensor, valid, aligned)
+            observed.layout_problem = check_aligned(tensor, aligned, valid)
             out.tensors[name] = observed
         for name, value in outcome.outputs.items():
             if name in tensors and name not in out.tensors:
@@ -251,7 +268,8 @@ class BoardSide:
 
 
 def check_aligned(tensor, aligned: np.ndarray, valid: np.ndarray) -> str:
-    """'' when the aligned buffer holds exactly the valid tensor, padded with the zero point."""
+    """'' when the aligned buffer holds exactly the valid tensor, padded with the zero point
+    (the hardware's convention: padding must not leak into the next layer's arithmetic)."""
     if tensor.info.logical_layout:  # an image held as received: the aligned buffer is the tensor
         return "" if np.array_equal(aligned, valid) else "aligned buffer differs from the valid tensor"
     native = valid.transpose(0, 2, 3, 1) if valid.ndim == 4 else valid

@@ -34,25 +34,45 @@ Judge = Callable[[TensorResult, Tolerances, bool], tuple[bool, str]]
 
 def measure(name: str, a: Observed, b: Observed, scale: float | None, digits: int) -> dict:
     """The figures of one tensor pair: digits agreement, integer view, cosine."""
+    if a.codes is not None and b.codes is not None and scale:
+        return _measure_codes(name, a, b, scale, digits)
     va, vb = a.values.ravel(), b.values.ravel()
     if va.shape != vb.shape:
         raise ValueError(f"{name}: {va.size} vs {vb.size} elements")
     diff = np.abs(va - vb)
-    if a.codes is not None and b.codes is not None:
-        lsb = np.abs(a.codes.astype(np.int16).ravel() - b.codes.astype(np.int16).ravel())
-    elif scale:
+    if scale:
         lsb = np.rint(diff / scale)
     else:  # float tensors: "exact" means equal, anything else counts as beyond one LSB
         lsb = np.where(diff == 0, 0, 2)
-    na, nb = float(np.linalg.norm(va)), float(np.linalg.norm(vb))
-    if na and nb:
-        cosine = float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
-    else:
-        cosine = 1.0 if na == nb else 0.0
     return dict(elements=int(va.size), max_abs_diff=float(diff.max(initial=0.0)),
                 within_digits=int(np.count_nonzero(diff <= 10.0 ** (-digits) * (1 + 1e-9))),
                 exact=int(np.count_nonzero(lsb == 0)), off_by_one=int(np.count_nonzero(lsb == 1)),
-                beyond_one=int(np.count_nonzero(lsb > 1)), max_lsb=int(lsb.max(initial=0)), cosine=cosine)
+                beyond_one=int(np.count_nonzero(lsb > 1)), max_lsb=int(lsb.max(initial=0)), cosine=_cosine(va, vb))
+
+
+def _cosine(va: np.ndarray, vb: np.ndarray) -> float:
+    na, nb = float(np.sqrt(va @ va)), float(np.sqrt(vb @ vb))
+    if na and nb:
+        return float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
+    return 1.0 if na == nb else 0.0
+
+
+def _measure_codes(name: str, a: Observed, b: Observed, scale: float, digits: int) -> dict:
+    """Both sides hold int8 codes of the same tensor: everything follows from the code differences."""
+    ca, cb = a.codes.ravel(), b.codes.ravel()
+    if ca.shape != cb.shape:
+        raise ValueError(f"{name}: {ca.size} vs {cb.size} elements")
+    n = int(ca.size)
+    if np.array_equal(ca, cb):
+        return dict(elements=n, max_abs_diff=0.0, within_digits=n, exact=n, off_by_one=0, beyond_one=0, max_lsb=0,
+                    cosine=1.0)
+    hist = np.bincount(np.abs(ca.astype(np.int16) - cb.astype(np.int16)).astype(np.intp), minlength=2)
+    max_lsb = int(np.flatnonzero(hist).max())
+    within = int(hist[: int(10.0 ** (-digits) * (1 + 1e-9) / scale) + 1].sum())
+    zp = a.zero_point
+    return dict(elements=n, max_abs_diff=float(max_lsb * scale), within_digits=within, exact=int(hist[0]),
+                off_by_one=int(hist[1]), beyond_one=n - int(hist[0]) - int(hist[1]), max_lsb=max_lsb,
+                cosine=_cosine(ca.astype(np.float64) - zp, cb.astype(np.float64) - zp))
 
 
 def judge_bit_exact(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[bool, str]:
