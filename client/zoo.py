@@ -45,6 +45,10 @@ MODELS: dict[str, ZooModel] = {m.key: m for m in (
     ZooModel("ppocr_cls", "rapidocr-onnxruntime", "ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", (1, 3, 48, 192), 13,
              "BGR", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), skip_symbolic_shape=True,
              description="PP-OCR text-line direction classifier, 2 classes (0/180)"),
+    # rapidocr's Det config: mean = std = 0.5 on pixels / 255, i.e. (x - 127.5) / 127.5 in BGR.
+    ZooModel("ppocr_det", "rapidocr-onnxruntime", "ch_PP-OCRv4_det_infer.onnx", "x", (1, 3, 96, 160), 13,
+             "BGR", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5), skip_symbolic_shape=True,
+             description="PP-OCRv4 DBNet text detector, per-pixel text probability map (1, 1, H, W)"),
 )}
 
 
@@ -86,12 +90,20 @@ def images(count: int = 8) -> list[np.ndarray]:
 
 
 def text_images(key: str) -> list[np.ndarray]:
-    """The task's own real inputs: a scanned text page (skimage.data.page) in the orientations
-    each model classifies, as uint8 BGR images (H, W, 3), eight per model."""
+    """The task's own real inputs from a scanned text page (skimage.data.page), as uint8 BGR
+    images (H, W, 3), eight per model: the page in the orientations each classifier tells
+    apart, and for the detector regions of the page holding several lines of text."""
     page = _skimage_data().page()
     if key == "ppocr_cls":  # text-line crops, upright and upside down
         lines = [page[top:top + 48] for top in (0, 32, 40, 120)]
         return [_bgr(np.rot90(line, k)) for line in lines for k in (0, 2)]
+    if key == "ppocr_det":  # regions of the page with several text lines, at the detector's input size
+        _, _, h, w = MODELS[key].input_shape
+        crops = [page[top:top + h, left:left + w] for top, left in
+                 ((0, 0), (40, 0), (40, 112), (95, 0), (0, 224), (95, 224))]
+        # and the page at half resolution (its left and right 2h x 2w parts)
+        crops += [page[:2 * h, :2 * w], page[:2 * h, -2 * w:]]
+        return [_bgr(c) for c in crops]
     halves = [page, page[:, :192], page[:, 192:]]
     views = [np.rot90(page, k) for k in range(4)] + [np.rot90(halves[1], 1), np.rot90(halves[2], 2),
                                                     np.rot90(halves[1], 3), halves[2]]
@@ -114,7 +126,7 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def model_images(key: str, count: int = 8, kind: str = "text") -> list[np.ndarray]:
     """uint8 NHWC (1, H, W, 3) BGR images sized for the model: ``text`` (what the model
-    classifies, for evaluation) or ``photos`` (varied statistics, for calibration)."""
+    classifies or detects, for evaluation) or ``photos`` (varied statistics, for calibration)."""
     _, _, h, w = MODELS[key].input_shape
     source = text_images(key) if kind == "text" else images()
     return [resize(img, h, w)[None] for img in source[:count]]
