@@ -7,7 +7,7 @@ It is quantized with onnxruntime.quantization, compiled, and verified layer by l
 (``-r``) on real text regions of scikit-image's page on the embedded emulated board.
 
 What a healthy board gives (QDQ and QOperator, uint8 and int8 activations, per-channel and
-per-tensor weights, both ``--ort-opt`` levels; 3 real images, in brackets all 8):
+per-tensor weights, both ``--ort-opt`` levels; 3 real images, in parentheses all 8):
 
 * board vs simulator: bit-exact, every tensor;
 * every intermediate tensor vs quant.onnx: cosine >= 0.9895 (default rule: 0.95);
@@ -18,8 +18,8 @@ per-tensor weights, both ``--ort-opt`` levels; 3 real images, in brackets all 8)
 The output is not wrong: its input scale is about 0.79 (logits quantized over +-100) and
 its output scale 1/255, so near 0 one input LSB moves the sigmoid by about 48 output
 LSB; the board's 3-LSB drift at the logits becomes 100+ LSB at the probabilities. The
-binarised text map (threshold 0.3, rapidocr's) of the board differs from onnxruntime's on
-0.07-0.5 % of the pixels, while quant.onnx itself differs from the float model on 1.4-6.8 %.
+binarised text map (threshold 0.3, rapidocr's; QDQ uint8 per-channel, 8 images) of the
+board differs from onnxruntime's on 0.07-0.5 % of the pixels, while quant.onnx itself differs from the float model on 1.4-6.8 %.
 The default output rules (at most 8 LSB, cosine >= 0.999) therefore fail a healthy board
 on this model: ``test_default_policy_passes_a_healthy_detector`` is an expected failure
 until the verdict policy accounts for it. With the output rules opened up
