@@ -102,7 +102,7 @@ def verify_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report (docs/report-schema.md)"),
     junit_out: Optional[Path] = typer.Option(None, "--junit", help="write a JUnit XML report"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML report"),
-    max_lsb: int = typer.Option(8, "--max-lsb", min=0, help="outputs vs ONNX: largest rounding drift accepted, in LSB"),
+    max_lsb: int = typer.Option(16, "--max-lsb", min=0, help="outputs vs ONNX: largest rounding drift accepted, in LSB"),
     min_cosine: float = typer.Option(0.999, "--min-cosine", help="outputs vs ONNX: smallest cosine similarity"),
     min_layer_cosine: float = typer.Option(0.95, "--min-layer-cosine",
                                            help="intermediates vs ONNX (-r): smallest cosine similarity"),

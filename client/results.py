@@ -119,7 +119,7 @@ class InputInfo:
 class Tolerances:
     """The verdict policy's knobs (docs/verdict.md); ``-c`` and the --max-* options set them."""
     digits: int = 5
-    max_lsb: int = 8  # tolerance pairs, outputs: largest difference accepted as rounding drift
+    max_lsb: int = 16  # tolerance pairs, outputs: largest difference accepted as rounding drift
     min_cosine: float = 0.999  # tolerance pairs, outputs
     min_layer_cosine: float = 0.95  # tolerance pairs, intermediates (-r): only gross errors fail
     max_latency_ms: float | None = None  # board median frame latency budget

@@ -1,6 +1,7 @@
 """The engines that run the same inputs, behind one interface (Polygraphy-style runners).
 
-Each side is a context manager with ``run(frame, dump_all) -> SideOutput``:
+Each side is a context manager with ``run(frame, dump_all, extra) -> SideOutput`` (``extra``:
+program tensors wanted besides the outputs):
 
 * :class:`OnnxSide`: quant.onnx in onnxruntime. ``ort_opt="all"`` is onnxruntime's
   deployed reading (fused integer kernels), ``"disabled"`` the literal graph
@@ -70,8 +71,7 @@ class OnnxSide:
         self.threads = threads
         self.label = self.path.name
         self._session = None
-        self._exposed = None
-        self._exposed_names: list[str] = []
+        self._exposed: dict = {}  # frozenset of names (None: all) -> (session, output names)
 
     def _options(self):
         import onnxruntime as ort
@@ -93,42 +93,44 @@ class OnnxSide:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._session = self._exposed = None
+        self._session = None
+        self._exposed = {}
 
     @property
     def session(self):
         return self._session
 
-    def _exposing_session(self):
-        """A session on a copy of the graph whose outputs include every program tensor ONNX computes."""
-        if self._exposed is None:
+    def _exposing_session(self, names: frozenset[str] | None):
+        """A session on a copy of the graph whose outputs include the program tensors asked for
+        (``None``: every program tensor ONNX computes); one per set of names."""
+        if names not in self._exposed:
             import onnx
             import onnxruntime as ort
 
             model = onnx.load(str(self.path))
             produced = {o for node in model.graph.node for o in node.output}
             present = {o.name for o in model.graph.output}
-            wanted = [t.name for t in self.program.tensors.values()] if self.program else []
-            wanted += [t.info.onnx_float_name for t in self.program.tensors.values()
-                       if self.program and t.info.onnx_float_name]
+            tensors = [t for t in (self.program.tensors.values() if self.program else [])
+                       if names is None or t.name in names]
+            wanted = [t.name for t in tensors] + [t.info.onnx_float_name for t in tensors if t.info.onnx_float_name]
             for name in wanted:
                 if name in produced and name not in present:
                     model.graph.output.add().name = name
                     present.add(name)
-            self._exposed = ort.InferenceSession(model.SerializeToString(), self._options(),
-                                                 providers=["CPUExecutionProvider"])
-            self._exposed_names = [o.name for o in self._exposed.get_outputs()]
-        return self._exposed
+            session = ort.InferenceSession(model.SerializeToString(), self._options(),
+                                           providers=["CPUExecutionProvider"])
+            self._exposed[names] = (session, [o.name for o in session.get_outputs()])
+        return self._exposed[names]
 
-    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+    def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
         start = time.perf_counter()
         names = [o.name for o in self._session.get_outputs()]
         try:
             raw = dict(zip(names, self._session.run(names, frame.onnx)))
-            if dump_all:
-                exposed = self._exposing_session()
-                extra = dict(zip(self._exposed_names, exposed.run(self._exposed_names, frame.onnx)))
-                raw = {**extra, **raw}  # outputs from the unmodified graph win
+            if dump_all or extra:
+                exposed, exposed_names = self._exposing_session(None if dump_all else frozenset(extra))
+                more = dict(zip(exposed_names, exposed.run(exposed_names, frame.onnx)))
+                raw = {**more, **raw}  # outputs from the unmodified graph win
         except Exception as exc:
             raise SideError(f"onnxruntime failed to run {self.path.name}: {str(exc).splitlines()[0][:300]}") from None
         out = SideOutput(seconds=time.perf_counter() - start)
@@ -198,7 +200,7 @@ class SimulatorSide:
     def __exit__(self, *exc) -> None:
         self._sim = None
 
-    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+    def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
         out = SideOutput()
         tensors = self.program.tensors
 
@@ -206,8 +208,9 @@ class SimulatorSide:
             out.tensors[dump.tensor.name] = observe_integer(dump.tensor, dump.valid, dump.aligned)
 
         start = time.perf_counter()
-        result = self._sim.run(frame.board, dump="all" if dump_all else None,
-                               dump_layout=self.layout if dump_all else "valid", sink=sink if dump_all else None)
+        dump = "all" if dump_all else (sorted(extra) if extra else None)
+        result = self._sim.run(frame.board, dump=dump, dump_layout=self.layout if dump_all else "valid",
+                               sink=sink if dump else None)
         out.seconds = time.perf_counter() - start
         for name, value in result.outputs.items():
             if name not in out.tensors:
@@ -242,11 +245,12 @@ class BoardSide:
         """Abandon a run in flight: closing the channel cancels the call; the board stays usable."""
         self.client.close()
 
-    def run(self, frame: Frame, dump_all: bool = False) -> SideOutput:
+    def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
         from qverify.simulator.layout import to_valid
 
         start = time.perf_counter()
-        outcome = self.client.run(self.sha256, frame.board, dump="all" if dump_all else None, layout="aligned",
+        dump = "all" if dump_all else (sorted(extra) if extra else None)
+        outcome = self.client.run(self.sha256, frame.board, dump=dump, layout="aligned",
                                   chunk_bytes=self.chunk_bytes)
         out = SideOutput(seconds=time.perf_counter() - start)
         tensors = self.program.tensors

@@ -99,6 +99,58 @@ def judge_tolerance(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[
 CRITERIA: dict[str, Judge] = {"bit-exact": judge_bit_exact, "tolerance": judge_tolerance}
 
 
+def lookup_anchors(program: Program) -> dict[str, tuple[str, np.ndarray]]:
+    """Outputs written by a lookup table (Sigmoid, Tanh, Softmax-free heads...) -> (its int8
+    input, the 256-entry table).
+
+    A steep table amplifies: one LSB of drift at a Sigmoid's input can move its output by
+    dozens of output LSB. Such an output is judged through the table: each element must be
+    what the table gives for an input within the allowed drift of the reference's input.
+    """
+    anchors: dict[str, tuple[str, np.ndarray]] = {}
+    producers = {out: node for node in program.nodes for out in node.outputs}
+    for tensor in program.outputs:
+        node = producers.get(tensor.name)
+        if node is None or node.op != "Lut" or not node.inputs or not tensor.quantized:
+            continue
+        source = program.tensors.get(node.inputs[0])
+        if source is not None and source.quantized and node.consts:
+            anchors[tensor.name] = (source.name, np.asarray(node.consts[0], dtype=np.int8))
+    return anchors
+
+
+def as_codes(observed: Observed, tensor) -> Observed:
+    """The int8 codes of a quantized tensor a side gave as float (a dequantized graph output)."""
+    if observed.codes is not None:
+        return observed
+    codes = np.clip(np.rint(observed.values / tensor.scale) + tensor.zero_point, -128, 127).astype(np.int8)
+    return Observed(observed.values, codes, scale=tensor.scale, zero_point=tensor.zero_point)
+
+
+def judge_through_table(out_a: Observed, out_b: Observed, in_a: Observed, in_b: Observed, table: np.ndarray,
+                        tol: Tolerances) -> tuple[bool, str]:
+    """``out_b`` is consistent with ``out_a`` if the inputs agree as outputs must, and every
+    element of ``out_b`` is the table's value for an input within that drift of ``in_a`` (±1 LSB)."""
+    figures = _measure_codes("input", in_a, in_b, in_a.scale, tol.digits)
+    if figures["max_lsb"] > tol.max_lsb or figures["cosine"] < tol.min_cosine:
+        return False, (f"beyond rounding drift, and so is its lookup table's input (max {figures['max_lsb']} LSB, "
+                       f"cosine {figures['cosine']:.6f})")
+    k = max(1, figures["max_lsb"])
+    ref = in_a.codes.ravel().astype(np.int16)
+    lo = np.full(ref.shape, 127, dtype=np.int16)
+    hi = np.full(ref.shape, -128, dtype=np.int16)
+    for shift in range(-k, k + 1):
+        value = table[np.clip(ref + shift, -128, 127) + 128].astype(np.int16)
+        np.minimum(lo, value, out=lo)
+        np.maximum(hi, value, out=hi)
+    got = out_b.codes.ravel().astype(np.int16)
+    outside = int(np.count_nonzero((got < lo - 1) | (got > hi + 1)))
+    if outside:
+        return False, f"{outside} elements are not what the lookup table gives for their input (±{k} LSB)"
+    return True, (f"drift amplified by a steep lookup table; its input agrees (max {figures['max_lsb']} LSB, "
+                  f"cosine {figures['cosine']:.6f})")
+
+
 def tensor_order(program: Program) -> dict[str, tuple[int, str, str, str]]:
     """Program tensor -> (execution index, producer, ONNX op, placement)."""
     order: dict[str, tuple[int, str, str, str]] = {}
@@ -138,10 +190,11 @@ class PairComparer:
         self.judge = CRITERIA[criterion]
         self.order = tensor_order(program)
         self.outputs = [t.name for t in program.outputs]
+        self.anchors = lookup_anchors(program) if criterion == "tolerance" else {}
         self._results: dict[str, TensorResult] = {}
 
     def add_frame(self, a: SideOutput, b: SideOutput, dump_all: bool) -> None:
-        names = list(self.outputs)
+        names = list(self.outputs)  # a lookup table's input (extra) is only consulted, not reported
         if dump_all:
             names += [n for n in a.tensors if n in b.tensors and n not in self.outputs]
         for name in names:
@@ -158,6 +211,12 @@ class PairComparer:
                                   placement=placement, shape=list(tensor.shape), scale=tensor.scale or None,
                                   passed=True, reason="", layout_ok=not problem, **figures)
             passed, reason = self.judge(result, self.tol, is_output)
+            anchor = self.anchors.get(name) if is_output and not passed else None
+            if anchor and anchor[0] in a.tensors and anchor[0] in b.tensors:
+                source = self.program.tensors[anchor[0]]
+                passed, reason = judge_through_table(
+                    as_codes(oa, tensor), as_codes(ob, tensor), as_codes(a.tensors[anchor[0]], source),
+                    as_codes(b.tensors[anchor[0]], source), anchor[1], self.tol)
             result.passed, result.reason = passed, (problem if problem else reason)
             self._results[name] = merge(self._results.get(name), result)
 

@@ -37,7 +37,7 @@ from qverify.client.results import (
     FAILED, MISMATCHED, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, OnnxSide, SimulatorSide, SideOutput
-from qverify.client.verdict import PairComparer, tensor_order
+from qverify.client.verdict import PairComparer, lookup_anchors, tensor_order
 
 Progress = Callable[[str], None]
 
@@ -178,11 +178,12 @@ class Verification:
         outputs: dict[str, SideOutput] = {}
         live = [s for s in sides if s.label not in broken]
         remote = [s for s in live if s.kind == "board"]
-        futures = {s.label: pool.submit(s.run, frame, self.o.dump_all) for s in remote}
+        extra = frozenset(source for source, _ in lookup_anchors(program).values())
+        futures = {s.label: pool.submit(s.run, frame, self.o.dump_all, extra) for s in remote}
         try:
             for side in live:
                 if side.kind != "board":
-                    outputs[side.label] = side.run(frame, self.o.dump_all)
+                    outputs[side.label] = side.run(frame, self.o.dump_all, extra)
             for side in remote:
                 try:
                     outputs[side.label] = futures[side.label].result()
