@@ -206,8 +206,10 @@ def _register_exec_commands() -> None:
     """Add run, perf and board info (their module imports this one, so not at import time)."""
     if not any(getattr(c, "name", None) == "run" for c in app.registered_commands):
         from qverify.client import exec_commands
+        from qverify.client.farm_cli import farm_app
 
         exec_commands.register(app)
+        app.add_typer(farm_app, name="farm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from qverify.client.agent_client import AgentError, BadRequest
     from qverify.client.boards import BoardSpecError
+    from qverify.client.farm_inventory import InventoryError
     from qverify.client.inputs import InputFileError
     from qverify.client.modelfiles import ModelFileError
     from qverify.client.sides import SideError
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except Failure as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return exc.code
-    except (SimulatorError, ZooError, ModelFileError, InputFileError, BoardSpecError, BadRequest) as exc:
+    except (SimulatorError, ZooError, ModelFileError, InputFileError, BoardSpecError, BadRequest,
+            InventoryError) as exc:
         print(f"qverify: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (AgentError, SshError, SideError) as exc:  # the board, the network or the lab

@@ -1,0 +1,152 @@
+"""``qverify farm run farm.toml`` and ``qverify farm report --since 7d``: parse and delegate."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+farm_app = typer.Typer(help="Board-farm checks: every (board, model) pair, history and regressions.",
+                       no_args_is_help=True)
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+COLOURS = {"consistent": "green", "inconsistent": "red", "infra": "yellow"}
+
+
+class LiveProgress:
+    """Which boards are busy and done/total: a live table on a terminal, one line per job elsewhere."""
+
+    def __init__(self, boards: list[str], total: int) -> None:
+        self.state = {b: "waiting" for b in boards}
+        self.total, self.done = total, 0
+        self.lock = threading.Lock()
+        self.live = Live(self._table(), console=_err, refresh_per_second=4, transient=True) if _err.is_terminal else None
+
+    def _table(self) -> Table:
+        table = Table(title=f"farm: {self.done}/{self.total} jobs done", title_justify="left")
+        table.add_column("board")
+        table.add_column("state")
+        for board, state in self.state.items():
+            table.add_row(escape(board), escape(state))
+        return table
+
+    def __call__(self, event: str, board: str, detail: str) -> None:
+        with self.lock:
+            if event == "state":
+                self.state[board] = detail
+            else:
+                self.done += 1
+                if self.live is None:
+                    _err.print(f"[dim]… [{self.done}/{self.total}] {escape(board)}: {escape(detail)}[/dim]")
+            if self.live is not None:
+                self.live.update(self._table())
+
+    def __enter__(self) -> "LiveProgress":
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def print_farm(result) -> None:
+    table = Table(title=f"farm run {result.run_id}", title_justify="left")
+    for column in ("board", "model", "outcome", "attempts", "first divergent layer", "latency median", "detail"):
+        table.add_column(column, overflow="fold")
+    for job in result.jobs:
+        colour = COLOURS[job.outcome]
+        latency = f"{job.latency.median_ms:.2f} ms" if job.latency else ""
+        detail = job.message if job.outcome == "infra" else ""  # inconsistent: the layer column says where
+        table.add_row(escape(job.board), escape(job.model), f"[{colour}]{job.outcome}[/]", str(job.attempts),
+                      escape(job.first_divergent), latency, escape(detail[:300]))
+    _out.print(table)
+    for board in result.boards:
+        if not board.online:
+            _out.print(f"[yellow]board {escape(board.name)} offline:[/yellow] {escape(board.error)}")
+    for reg in result.regressions:
+        _out.print(f"[red]regression[/red] {escape(reg.board)} / {escape(reg.model)}: {escape(reg.message)}")
+    counts = result.counts()
+    _out.print(f"{counts['consistent']} consistent, {counts['inconsistent']} inconsistent, {counts['infra']} "
+               f"infrastructure errors, {len(result.regressions)} regressions: exit {result.exit_code}")
+
+
+@farm_app.command("run")
+def run_command(
+    inventory: Path = typer.Argument(..., help="farm inventory (TOML), see deploy/farm/inventory.example.toml"),
+    jobs: Optional[int] = typer.Option(None, "-j", "--jobs", min=1, help="boards worked on at once"),
+    db: Optional[Path] = typer.Option(None, "--db", help="history database (default: the user's data dir)"),
+    no_db: bool = typer.Option(False, "--no-db", help="do not record this run or look for regressions"),
+    latency_pct: Optional[float] = typer.Option(None, "--latency-regression-pct",
+                                                help="flag latency medians up more than this (default: inventory)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report"),
+    junit_out: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML (a testsuite per board)"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="write the HTML matrix with per-pair reports"),
+) -> None:
+    """Run every (board, model) pair of the inventory; exit code = the worst outcome."""
+    from qverify.client.cli import EXIT_BAD_INPUT, Failure
+    from qverify.client.farm_inventory import load_inventory
+    from qverify.client.farm_runner import run_farm
+
+    for out in (json_out, junit_out, html_out):
+        if out is not None and not out.parent.exists():
+            raise Failure(f"report {out}: folder {out.parent} does not exist", EXIT_BAD_INPUT)
+    inv = load_inventory(inventory)
+    pairs = inv.pairs()
+    boards = list(dict.fromkeys(b.name for b, _ in pairs))
+    with LiveProgress(boards, len(pairs)) as progress:
+        result = run_farm(inv, jobs, progress)
+    trend = None
+    if not no_db:
+        from qverify.client.farm_history import History, default_db_path
+
+        with History(db or default_db_path()) as history:
+            pct = latency_pct if latency_pct is not None else inv.settings.latency_regression_pct
+            result.regressions = history.regressions(result, latency_pct=pct)
+            history.record(result)
+            trend = history.trend()
+    if json_out or junit_out or html_out:
+        from qverify.client import farm_reports
+
+        if json_out:
+            farm_reports.write_farm_json(result, json_out)
+        if junit_out:
+            farm_reports.write_farm_junit(result, junit_out)
+        if html_out:
+            farm_reports.write_farm_html(result, html_out, trend)
+    print_farm(result)
+    sys.stdout.flush()
+    raise typer.Exit(result.exit_code)
+
+
+@farm_app.command("report")
+def report_command(
+    since: str = typer.Option("7d", "--since", help="period: 7d, 12h, 2w, or an ISO date"),
+    db: Optional[Path] = typer.Option(None, "--db", help="history database (default: the user's data dir)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """Trends and regressions of recorded farm runs."""
+    import json
+
+    from qverify.client.cli import EXIT_BAD_INPUT, Failure
+    from qverify.client.farm_history import History, default_db_path, parse_since, render_report, report_json
+
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        raise Failure(f"--since {since}: {exc}", EXIT_BAD_INPUT) from None
+    path = db or default_db_path()
+    if not path.exists():
+        raise Failure(f"no farm history at {path}; run 'qverify farm run' first (or give --db)", EXIT_BAD_INPUT)
+    with History(path) as history:
+        if json_out:
+            print(json.dumps(report_json(history, start), indent=2, default=str))
+        else:
+            render_report(history, start, _out)
