@@ -97,7 +97,11 @@ def descendants(pid: int) -> list[int]:
     todo = [pid]
     while todo and len(found) < 10_000:
         parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+        try:  # the process may exit while we look
+            tasks = list(Path(f"/proc/{parent}/task").glob("*/children"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 kids = [int(p) for p in task.read_text().split()]
             except (OSError, ValueError):
