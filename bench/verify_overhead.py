@@ -13,7 +13,7 @@ in the same run, it measures:
   and layer. The model is already on the board, as in a second run.
 * **the parts**, each alone, on the same frames:
   - onnxruntime running the copy of quant.onnx that exposes every intermediate tensor;
-  - the simulator running model.bin with every dump (valid and aligned);
+  - the simulator running model.bin with every dump;
   - a raw loopback socket moving as many bytes as the board's dumps.
 
 It prints ``end-to-end / sum of parts`` (target <= 1.3). The board computes in its own
@@ -113,7 +113,7 @@ def main() -> None:
     from qverify.client import zoo
     from qverify.client.inputs import build_frames, ports_from_program
     from qverify.client.sides import OnnxSide, SimulatorSide
-    from qverify.simulator import load, save
+    from qverify.simulator import layout, load, save
     from qverify.simulator.compiler import compile_model
 
     spec = zoo.MODELS[args.model]
@@ -152,9 +152,9 @@ def main() -> None:
                     for frame in frames:
                         out = sim_side.run(frame, dump_all=True)
                     sim_s.append(time.perf_counter() - t0)
-                dump_bytes = sum(o.codes.nbytes if o.codes is not None else o.values.size * 4
-                                 for o in out.tensors.values())
-                dump_bytes += sum(o.aligned.nbytes for o in out.tensors.values() if o.aligned is not None)
+                # What the board sends with -r: each tensor once, as its aligned buffer.
+                dump_bytes = sum(int(np.prod(layout.aligned_shape(t.shape, program.target))) * t.dtype.itemsize
+                                 for name, t in program.tensors.items() if name in out.tensors)
                 raw_s.append(raw_socket_seconds(dump_bytes * len(frames)))
         finally:
             proc.terminate()
@@ -166,7 +166,7 @@ def main() -> None:
 
     med = statistics.median
     parts = med(ort_s) + med(sim_s) + med(raw_s)
-    print(f"model {args.model}, {args.frames} frames, -r (every layer, valid + aligned dumps: "
+    print(f"model {args.model}, {args.frames} frames, -r (every layer; the board's aligned dumps: "
           f"{dump_bytes / 1e6:.1f} MB per frame), medians of {args.repeats}")
     print(f"  onnxruntime (exposed graph)     {1000 * med(ort_s):8.1f} ms")
     print(f"  simulator with dumps            {1000 * med(sim_s):8.1f} ms")

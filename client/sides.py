@@ -126,7 +126,8 @@ class OnnxSide:
         start = time.perf_counter()
         names = [o.name for o in self._session.get_outputs()]
         try:
-            raw = dict(zip(names, self._session.run(names, frame.onnx)))
+            single = (dump_all or extra) and self.ort_opt == "disabled"
+            raw = {} if single else dict(zip(names, self._session.run(names, frame.onnx)))
             if dump_all or extra:
                 exposed, exposed_names = self._exposing_session(None if dump_all else frozenset(extra))
                 more = dict(zip(exposed_names, exposed.run(exposed_names, frame.onnx)))
@@ -159,7 +160,7 @@ class OnnxSide:
     def _observed(value: np.ndarray, t) -> Observed:
         value = np.asarray(value)
         if value.dtype in (np.uint8, np.int8) and t.quantized:
-            codes = (value.astype(np.int16) - (128 if value.dtype == np.uint8 else 0)).astype(np.int8)
+            codes = (value ^ np.uint8(0x80)).view(np.int8) if value.dtype == np.uint8 else value  # uint8 -> int8: -128
             return Observed(None, codes, scale=t.scale, zero_point=t.zero_point)
         return Observed(value.astype(np.float64))
 
@@ -186,7 +187,7 @@ class SimulatorSide:
     kind = "simulator"
     label = "simulator"
 
-    def __init__(self, program: Program, layout: str = "both") -> None:
+    def __init__(self, program: Program, layout: str = "valid") -> None:
         self.program = program
         self.layout = layout
         self._sim = None

@@ -51,9 +51,9 @@ def measure(name: str, a: Observed, b: Observed, scale: float | None, digits: in
 
 
 def _cosine(va: np.ndarray, vb: np.ndarray) -> float:
-    na, nb = float(np.sqrt(va @ va)), float(np.sqrt(vb @ vb))
+    na, nb = float(np.sqrt(float(va @ va))), float(np.sqrt(float(vb @ vb)))
     if na and nb:
-        return float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
+        return float(np.clip(float(va @ vb) / (na * nb), -1.0, 1.0))
     return 1.0 if na == nb else 0.0
 
 
@@ -72,7 +72,7 @@ def _measure_codes(name: str, a: Observed, b: Observed, scale: float, digits: in
     zp = a.zero_point
     return dict(elements=n, max_abs_diff=float(max_lsb * scale), within_digits=within, exact=int(hist[0]),
                 off_by_one=int(hist[1]), beyond_one=n - int(hist[0]) - int(hist[1]), max_lsb=max_lsb,
-                cosine=_cosine(ca.astype(np.float64) - zp, cb.astype(np.float64) - zp))
+                cosine=_cosine(ca.astype(np.float32) - np.float32(zp), cb.astype(np.float32) - np.float32(zp)))
 
 
 def judge_bit_exact(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[bool, str]:
