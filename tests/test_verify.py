@@ -8,7 +8,6 @@ can inject must fail the verification and name the layer where it happened.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
