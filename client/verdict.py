@@ -72,7 +72,7 @@ def _measure_codes(name: str, a: Observed, b: Observed, scale: float, digits: in
     zp = a.zero_point
     return dict(elements=n, max_abs_diff=float(max_lsb * scale), within_digits=within, exact=int(hist[0]),
                 off_by_one=int(hist[1]), beyond_one=n - int(hist[0]) - int(hist[1]), max_lsb=max_lsb,
-                cosine=_cosine(ca.astype(np.float32) - np.float32(zp), cb.astype(np.float32) - np.float32(zp)))
+                cosine=_cosine(ca.astype(np.float64) - zp, cb.astype(np.float64) - zp))
 
 
 def judge_bit_exact(t: TensorResult, tol: Tolerances, is_output: bool) -> tuple[bool, str]:
