@@ -89,6 +89,9 @@ def run_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report"),
     junit_out: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML (a testsuite per board)"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write the HTML matrix with per-pair reports"),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression",
+                                            help="exit 1 when a regression is flagged, even if every pair is "
+                                                 "consistent (JUnit marks latency regressions as failures)"),
 ) -> None:
     """Run every (board, model) pair of the inventory; exit code = the worst outcome."""
     from qverify.client.cli import EXIT_BAD_INPUT, Failure
@@ -123,7 +126,10 @@ def run_command(
             farm_reports.write_farm_html(result, html_out, trend)
     print_farm(result)
     sys.stdout.flush()
-    raise typer.Exit(result.exit_code)
+    code = result.exit_code
+    if fail_on_regression and result.regressions and code == 0:
+        code = 1
+    raise typer.Exit(code)
 
 
 @farm_app.command("report")

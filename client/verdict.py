@@ -66,12 +66,16 @@ def _measure_codes(name: str, a: Observed, b: Observed, scale: float, digits: in
     if np.array_equal(ca, cb):
         return dict(elements=n, max_abs_diff=0.0, within_digits=n, exact=n, off_by_one=0, beyond_one=0, max_lsb=0,
                     cosine=1.0)
-    hist = np.bincount(np.abs(ca.astype(np.int16) - cb.astype(np.int16)).astype(np.intp), minlength=2)
-    max_lsb = int(np.flatnonzero(hist).max())
-    within = int(hist[: int(10.0 ** (-digits) * (1 + 1e-9) / scale) + 1].sum())
+    d = np.subtract(ca, cb, dtype=np.int16)
+    np.abs(d, out=d)
+    exact = n - int(np.count_nonzero(d))
+    off_by_one = int(np.count_nonzero(d == 1))
+    max_lsb = int(d.max())
+    k = int(10.0 ** (-digits) * (1 + 1e-9) / scale)  # codes apart that still agree to N digits
+    within = exact if k == 0 else int(np.count_nonzero(d <= k))
     zp = a.zero_point
-    return dict(elements=n, max_abs_diff=float(max_lsb * scale), within_digits=within, exact=int(hist[0]),
-                off_by_one=int(hist[1]), beyond_one=n - int(hist[0]) - int(hist[1]), max_lsb=max_lsb,
+    return dict(elements=n, max_abs_diff=float(max_lsb * scale), within_digits=within, exact=exact,
+                off_by_one=off_by_one, beyond_one=n - exact - off_by_one, max_lsb=max_lsb,
                 cosine=_cosine(ca.astype(np.float64) - zp, cb.astype(np.float64) - zp))
 
 
