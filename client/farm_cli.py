@@ -1,10 +1,12 @@
 """``qverify farm run farm.toml`` and ``qverify farm report --since 7d``: parse and delegate."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -78,6 +80,24 @@ def print_farm(result) -> None:
                f"infrastructure errors, {len(result.regressions)} regressions: exit {result.exit_code}")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """CI runners and systemd stop jobs with SIGTERM: treat it like Ctrl-C, so running jobs
+    end and every labgrid place is released before the process exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @farm_app.command("run")
 def run_command(
     inventory: Path = typer.Argument(..., help="farm inventory (TOML), see deploy/farm/inventory.example.toml"),
@@ -104,7 +124,7 @@ def run_command(
     inv = load_inventory(inventory)
     pairs = inv.pairs()
     boards = list(dict.fromkeys(b.name for b, _ in pairs))
-    with LiveProgress(boards, len(pairs)) as progress:
+    with LiveProgress(boards, len(pairs)) as progress, _sigterm_as_interrupt():
         result = run_farm(inv, jobs, progress)
     trend = None
     if not no_db:

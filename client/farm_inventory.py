@@ -26,6 +26,10 @@ SETTINGS_KEYS = {"jobs", "timeout_s", "retries", "backoff_s", "latency_regressio
 class InventoryError(ValueError):
     """The inventory is invalid; the message is ``file:line: key: what is wrong``."""
 
+    def __init__(self, text: str, where: str = "", detail: str = "") -> None:
+        super().__init__(text)
+        self.where, self.detail = where, detail
+
 
 @dataclass
 class BoardEntry:
@@ -157,7 +161,7 @@ class _Locator:
 
     def error(self, where: str, message: str, array: str | None = None, index: int | None = None,
               key: str | None = None) -> InventoryError:
-        return InventoryError(f"{self.path}:{self.line(array, index, key)}: {where}: {message}")
+        return InventoryError(f"{self.path}:{self.line(array, index, key)}: {where}: {message}", where, message)
 
 
 def load_inventory(path: Path) -> Inventory:
@@ -180,8 +184,11 @@ def load_inventory(path: Path) -> Inventory:
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         raise loc.error("defaults", "must be a table", key="defaults")
-    boards = [_board(i, {**_only(defaults, BOARD_KEYS), **b}, loc, base) for i, b in enumerate(_array(data, "boards", loc))]
-    models = [_model(i, {**_only(defaults, MODEL_KEYS), **m}, loc, base) for i, m in enumerate(_array(data, "models", loc))]
+    for key in defaults:
+        if key not in (BOARD_KEYS | MODEL_KEYS) - {"name", "host", "place", "bin", "onnx"}:
+            raise loc.error(f"defaults.{key}", "unknown key (or one that cannot have a default)", "defaults", None, key)
+    boards = [_with_defaults(_board, i, b, defaults, BOARD_KEYS, loc, base) for i, b in enumerate(_array(data, "boards", loc))]
+    models = [_with_defaults(_model, i, m, defaults, MODEL_KEYS, loc, base) for i, m in enumerate(_array(data, "models", loc))]
     for kind, entries in (("boards", boards), ("models", models)):
         seen: set[str] = set()
         for i, entry in enumerate(entries):
@@ -195,8 +202,16 @@ def load_inventory(path: Path) -> Inventory:
     return inventory
 
 
-def _only(table: dict, keys: set[str]) -> dict:
-    return {k: v for k, v in table.items() if k in keys}
+def _with_defaults(parse, index: int, table: dict, defaults: dict, keys: set[str], loc: "_Locator", base: Path):
+    """Parse one entry with [defaults] filled in; a bad inherited value is reported in [defaults]."""
+    inherited = {k: v for k, v in defaults.items() if k in keys and k not in table}
+    try:
+        return parse(index, {**inherited, **table}, loc, base)
+    except InventoryError as exc:
+        key = exc.where.rsplit(".", 1)[-1]
+        if key in inherited:
+            raise loc.error(f"defaults.{key}", exc.detail, "defaults", None, key) from None
+        raise
 
 
 def _array(data: dict, name: str, loc: _Locator) -> list[dict]:
@@ -235,7 +250,8 @@ def _board(index: int, table: dict, loc: _Locator, base: Path) -> BoardEntry:
     name = _check(table.get("name"), str, where("name"), "a name (string)", loc, "boards", index, "name")
     entry = BoardEntry(name=name)
     if ("host" in table) == ("place" in table):
-        raise loc.error(where("host"), "give exactly one of host (address) or place (labgrid place)", "boards", index)
+        raise loc.error(where("host"), "give exactly one of host (address) or place (labgrid place)", "boards", index,
+                        "host" if "host" in table else None)
     for key in ("host", "place", "coordinator", "ssh_user", "token_env", "transport"):
         if key in table:
             setattr(entry, key, _check(table[key], str, where(key), "a string", loc, "boards", index, key))

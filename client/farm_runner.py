@@ -54,15 +54,16 @@ def now_iso() -> str:
 
 
 @contextlib.contextmanager
-def board_address(board: BoardEntry, wait_s: float) -> Iterator[tuple[str, str | None]]:
-    """(host, ssh user) of the board; for a labgrid place, reserved for the duration."""
+def board_address(board: BoardEntry, wait_s: float) -> Iterator[tuple[str, str | None, int | None]]:
+    """(host, SSH user, SSH port) of the board; for a labgrid place (its NetworkService), reserved
+    for the duration."""
     if board.place is None:
-        yield board.host, board.ssh_user
+        yield board.host, board.ssh_user, board.ssh_port
         return
     from qverify.client.labgrid_places import reserved_place
 
     with reserved_place(board.place, board.coordinator, wait_s=wait_s) as target:
-        yield target.address, board.ssh_user or target.username
+        yield target.address, board.ssh_user or target.username, board.ssh_port or target.port
 
 
 class FarmRun:
@@ -105,11 +106,11 @@ class FarmRun:
         status = BoardStatus(board.name, place=board.place or "")
         try:
             self.listen("state", board.name, "reserving" if board.place else "health check")
-            with board_address(board, self.settings.place_wait_s) as (host, user):
+            with board_address(board, self.settings.place_wait_s) as (host, user, ssh_port):
                 status.address = f"{host}:{board.agent_port}"
-                error = self._health(board, host, status)
+                error, attempts = self._health(board, host, status)
                 if error:
-                    self._offline(board, models, status, error)
+                    self._offline(board, models, status, error, attempts)
                     return
                 for model in models:
                     if self.stop.is_set():
@@ -117,18 +118,19 @@ class FarmRun:
                                                attempts=0, skipped=True))
                         continue
                     self.listen("state", board.name, f"running {model.name}")
-                    self._record(self._job(board, host, user, model))
+                    self._record(self._job(board, host, user, ssh_port, model))
         except _infra_errors() as exc:  # the reservation itself failed
-            self._offline(board, models, status, f"{type(exc).__name__}: {exc}")
+            self._offline(board, models, status, f"{type(exc).__name__}: {exc}", 1)
         finally:
             with self._lock:
                 self.result.boards.append(status)
             self.listen("state", board.name, "done" if status.online else "offline")
 
-    def _offline(self, board: BoardEntry, models: list[ModelEntry], status: BoardStatus, error: str) -> None:
+    def _offline(self, board: BoardEntry, models: list[ModelEntry], status: BoardStatus, error: str,
+                 attempts: int = 0) -> None:
         status.online, status.error = False, error
-        for model in models:
-            self._record(JobResult(board.name, model.name, INFRA, f"board offline: {error}", attempts=0,
+        for model in models:  # attempts: the health checks (or reservations) tried for this board
+            self._record(JobResult(board.name, model.name, INFRA, f"board offline: {error}", attempts=attempts,
                                    skipped=True))
 
     def _record(self, job: JobResult) -> None:
@@ -152,8 +154,8 @@ class FarmRun:
                 delay *= 2
         return None, error, attempts
 
-    def _health(self, board: BoardEntry, host: str, status: BoardStatus) -> str:
-        """'' when the agent answers (health and protocol handshake); else why it is offline."""
+    def _health(self, board: BoardEntry, host: str, status: BoardStatus) -> tuple[str, int]:
+        """('', attempts) when the agent answers (health and protocol handshake); else why it is offline."""
         from qverify.client.agent_client import BoardClient
 
         def check():
@@ -163,14 +165,15 @@ class FarmRun:
 
         info, error, attempts = self._retrying(check)
         if error is not None:
-            return f"{error} (after {attempts} attempt{'s' if attempts != 1 else ''})"
+            return f"{error} (after {attempts} attempt{'s' if attempts != 1 else ''})", attempts
         status.versions = {"agent": info.agent_version, "protocol": info.protocol_version, "backend": info.backend,
                            "runtime": info.runtime_version, "driver": info.driver_version,
                            "firmware": info.firmware_version, "board_id": info.board_id}
-        return ""
+        return "", attempts
 
     # ------------------------------------------------------------------ one pair
-    def _job(self, board: BoardEntry, host: str, user: str | None, model: ModelEntry) -> JobResult:
+    def _job(self, board: BoardEntry, host: str, user: str | None, ssh_port: int | None,
+             model: ModelEntry) -> JobResult:
         import qverify
         from qverify.client.results import MISMATCHED, Tolerances
         from qverify.client.ssh import SshOptions
@@ -179,7 +182,7 @@ class FarmRun:
         timeout = model.timeout_s or self.settings.timeout_s
         files = [model.onnx, model.bin] if model.onnx else [model.bin]
         options = dict(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, transport=board.transport,
-                       ssh=SshOptions(user=user, key=board.ssh_key, port=board.ssh_port, known_hosts=board.known_hosts),
+                       ssh=SshOptions(user=user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts),
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),
@@ -214,9 +217,10 @@ class FarmRun:
             job.model_sha256[side.kind if side.kind != "board" else "bin"] = side.sha256
             if side.kind == "board":
                 detail = side.detail
-                job.versions = {k: str(detail.get(k, "")) for k in (
-                    "agent_version", "protocol_version", "backend", "runtime_version", "driver_version",
-                    "firmware_version", "target", "board_id")}
+                job.versions = {name: str(detail.get(key, "")) for name, key in (
+                    ("agent", "agent_version"), ("protocol", "protocol_version"), ("backend", "backend"),
+                    ("runtime", "runtime_version"), ("driver", "driver_version"), ("firmware", "firmware_version"),
+                    ("target", "target"), ("board_id", "board_id"))}
         job.versions["qverify"] = result.qverify_version
         job.report = result.to_dict()
 

@@ -101,6 +101,9 @@ def _identity() -> str:
     return f"{host}+qverify-{os.getpid()}-{secrets.token_hex(3)}/{user}"
 
 
+_EXCHANGE = threading.Lock()
+
+
 def _run(make: Callable[[], Awaitable[T]], timeout_s: float, coordinator: str) -> T:
     """Run one exchange with the coordinator on a private event loop in a worker thread: it
     stays clear of any loop of the caller, and a Ctrl-C or SIGTERM arriving meanwhile waits for
@@ -110,7 +113,10 @@ def _run(make: Callable[[], Awaitable[T]], timeout_s: float, coordinator: str) -
     def work() -> None:
         loop = asyncio.SelectorEventLoop()  # labgrid's ClientSession wants a BaseEventLoop
         try:
-            box["value"] = loop.run_until_complete(asyncio.wait_for(make(), timeout_s))
+            # One exchange at a time per process: sessions opened at once share a gRPC
+            # connection, and the coordinator tells sessions apart by connection.
+            with _EXCHANGE:
+                box["value"] = loop.run_until_complete(asyncio.wait_for(make(), timeout_s))
         except BaseException as e:  # handed to the calling thread
             box["error"] = e
         finally:

@@ -708,16 +708,18 @@ def test_dockerfile_copies_what_exists_and_runs_the_entrypoint():
 
 
 def test_farm_inventory_example_is_consistent():
+    """Static checks; tests/test_farm.py loads the example with the real inventory loader."""
     from qverify.simulator.targets import get_target
 
     inventory = tomllib.loads(INVENTORY.read_text())
     boards = inventory["boards"]
     names = {b["name"] for b in boards}
     assert len(names) == len(boards) >= 2
-    selectors = names | {tag for b in boards for tag in b.get("tags", [])}
     for board in boards:
-        assert board["host"] and get_target(board["target"]).name == board["target"]
+        assert ("host" in board) != ("place" in board), board
         assert "token" not in board, "secrets do not belong in the inventory"
+        target = board.get("labels", {}).get("target")
+        if target:
+            assert get_target(target).name == target
     for model in inventory["models"]:
-        assert model["onnx"].endswith(".onnx") and model["bin"].endswith(".bin")
-        assert set(model["boards"]) <= selectors, model["boards"]
+        assert model["bin"].endswith(".bin") and model.get("onnx", "x.onnx").endswith(".onnx")

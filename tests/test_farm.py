@@ -304,9 +304,6 @@ def test_all_good_every_pair_consistent_stamped_and_reported(tmp_path, capsys, s
     assert events.max_busy() > 1, "boards run in parallel"
 
 
-@pytest.mark.xfail(strict=True, reason="farm_runner._fill stamps agent_version/runtime_version/driver_version/"
-                   "firmware_version/protocol_version instead of the documented agent/runtime/driver/firmware keys "
-                   "(farm_model.JobResult.versions, BoardStatus.versions, farm_reports.VERSION_KEYS)")
 def test_job_stamps_use_the_documented_version_keys(tmp_path, farm, models):
     """JobResult.versions is documented (farm_model) as agent, backend, runtime, driver, firmware,
     target -- the keys BoardStatus.versions and the reports (farm_reports.VERSION_KEYS) use."""
@@ -376,8 +373,6 @@ def test_a_board_down_is_retried_reported_offline_and_leaves_the_others_alone(tm
     assert end - start >= 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="farm_runner._offline records attempts=0 for the pairs of a board whose "
-                   "health check failed after retries + 1 attempts; the count is only in BoardStatus.error")
 def test_pairs_of_an_offline_board_count_the_attempts_made(tmp_path, models):
     """The health check was tried retries + 1 times; its pairs' attempts should say so."""
     inv = load_inventory(write_inventory(
@@ -502,10 +497,6 @@ def line_of(text: str, needle: str, occurrence: int = 1) -> int:
     return hits[occurrence - 1]
 
 
-HOST_AND_PLACE_LINE = pytest.mark.xfail(
-    strict=True, reason="farm_inventory._board locates 'give exactly one of host or place' at the [[boards]] header "
-                        "instead of the line of the host key its message names")
-
 INVALID = {
     "unknown board key": (lambda t: edit(t, "agent_port = 7060", "agent_prot = 7060"),
                           "agent_prot = 7060", 1, "boards[1].agent_prot", "unknown key"),
@@ -526,8 +517,7 @@ INVALID = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=HOST_AND_PLACE_LINE) if c == "host and place" else c
-                                  for c in INVALID])
+@pytest.mark.parametrize("case", list(INVALID))
 def test_invalid_inventory_is_one_line_naming_file_line_and_key(tmp_path, capsys, case):
     make, needle, occurrence, key, words = INVALID[case]
     (tmp_path / "model.bin").write_bytes(b"stub")  # never read: validation comes first
@@ -544,8 +534,6 @@ def test_invalid_inventory_is_one_line_naming_file_line_and_key(tmp_path, capsys
     assert int(found.group(1)) == line_of(text, needle, occurrence), (lines[0], text)
 
 
-@pytest.mark.xfail(strict=True, reason="farm_inventory.load_inventory keeps only the known keys of [defaults] "
-                   "(_only): a misspelt default is silently ignored instead of reported")
 def test_an_unknown_defaults_key_is_an_error(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"stub")
     inv = tmp_path / "farm.toml"
@@ -555,8 +543,6 @@ def test_an_unknown_defaults_key_is_an_error(tmp_path):
     assert str(caught.value).startswith(f"{inv}:{line_of(inv.read_text(), 'digit = 3')}: defaults.digit: ")
 
 
-@pytest.mark.xfail(strict=True, reason="farm_inventory: a bad value from [defaults] is reported as boards[0].KEY at "
-                   "the first [[boards]] header, not at the line in [defaults] where it is written")
 def test_a_bad_defaults_value_is_reported_at_its_line(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"stub")
     inv = tmp_path / "farm.toml"
@@ -576,13 +562,6 @@ def place_entries(coordinator: str, boards: list[Board]) -> list[dict[str, Any]]
 # One farm run reserving two places at once (jobs > 1) opens two labgrid client sessions at
 # once; see test_one_run_reserves_several_places_at_once. The other labgrid tests run their
 # boards one at a time (jobs = 1) so that they test what they are about.
-SHARED_SESSION = pytest.mark.xfail(
-    strict=True, reason="labgrid_places: two reserved_place() calls at once in one process share one gRPC "
-                        "connection (grpc's process-wide subchannel pool), and the labgrid coordinator keys client "
-                        "sessions by peer address, so the second place is acquired under the first session's name: "
-                        "'not shown as ours after acquiring it', the board is reported offline and its place stays "
-                        "acquired (leaked) after the run")
-
 
 def test_labgrid_places_are_reserved_for_the_jobs_and_released(tmp_path, lg_farm, farm, models):
     boards = [b for b in farm if b.name in PLACES]
@@ -602,7 +581,6 @@ def test_labgrid_places_are_reserved_for_the_jobs_and_released(tmp_path, lg_farm
     assert all(lg_farm.holder(p) is None for p in PLACES), lg_farm.acquired()  # released after
 
 
-@SHARED_SESSION
 def test_one_run_reserves_several_places_at_once(tmp_path, lg_farm, farm, models):
     boards = [b for b in farm if b.name in PLACES]
     inv = load_inventory(write_inventory(tmp_path / "farm.toml", place_entries(lg_farm.address, boards), models,
@@ -747,14 +725,9 @@ def test_two_farm_runs_sharing_the_coordinator_never_use_a_board_at_once(tmp_pat
     assert all(lg_farm.holder(p) is None for p in PLACES), lg_farm.acquired()
 
 
-SIGTERM_RELEASE = pytest.mark.xfail(
-    strict=True, reason="SIGTERM ends `qverify farm run` without releasing its labgrid places: reserved_place() turns "
-                        "SIGTERM into SystemExit only in the main thread, and the farm's board tasks run in worker "
-                        "threads; nothing in farm_cli/farm_runner handles SIGTERM")
-
 
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="SIGINT"),
-                                    pytest.param(signal.SIGTERM, id="SIGTERM", marks=SIGTERM_RELEASE)])
+                                    pytest.param(signal.SIGTERM, id="SIGTERM")])
 def test_an_interrupted_farm_run_releases_its_places(tmp_path, lg_farm, slow, models, signum):
     """Ctrl-C, and SIGTERM (what systemd and CI runners send to stop a job), release the places."""
     inv = write_inventory(tmp_path / "farm.toml", place_entries(lg_farm.address, slow[:1]), models,
