@@ -136,12 +136,17 @@ class BoardClient:
 
     def info(self) -> pb.AgentInfo:
         """GetInfo, refusing an agent whose protocol major version differs from ours."""
+        # wait_for_ready rather than channel_ready_future: the latter leaves a polling thread
+        # behind that makes closing the channel block for a fraction of a second.
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise BoardUnreachable(f"board {self.address} unreachable: no connection within "
-                                   f"{self.connect_timeout:g} s; check the address, port and that qverify-agent runs")
-        info = self._call(self.stub.GetInfo, pb.GetInfoRequest(client_protocol_version=PROTOCOL_VERSION))
+            info = self.stub.GetInfo(pb.GetInfoRequest(client_protocol_version=PROTOCOL_VERSION),
+                                     timeout=self.connect_timeout, metadata=self.metadata, wait_for_ready=True)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise BoardUnreachable(f"board {self.address} unreachable: no connection within "
+                                       f"{self.connect_timeout:g} s; check the address, port and that qverify-agent "
+                                       "runs", error.code()) from None
+            raise map_error(error, self.address) from None
         check_protocol(info.protocol_version, self.address)
         return info
 
