@@ -76,6 +76,9 @@ class FarmRun:
         self.result = FarmResult(run_id=f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
                                  inventory=str(inventory.path), started=now_iso())
         self._lock = threading.Lock()
+        from qverify.client.sides import HostCache
+
+        self.host_cache = HostCache()  # onnxruntime and the simulator run once per model, not once per board
 
     def run(self) -> FarmResult:
         by_board: dict[str, list[ModelEntry]] = {}
@@ -186,7 +189,7 @@ class FarmRun:
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),
-                       connect_timeout=board.connect_timeout_s, timeout=timeout)
+                       connect_timeout=board.connect_timeout_s, timeout=timeout, host_cache=self.host_cache)
         result, error, attempts = self._retrying(lambda: qverify.verify(files, host, **options))
         job = JobResult(board.name, model.name, INFRA, attempts=attempts)
         if error is not None:

@@ -15,6 +15,7 @@ pair is compared by name whatever engine produced it.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +85,18 @@ class OnnxSide:
         return options
 
     def __enter__(self) -> "OnnxSide":
-        import onnxruntime as ort
+        return self  # sessions are made on first use: a run answered from a HostCache needs none
 
-        try:
-            self._session = ort.InferenceSession(str(self.path), self._options(), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise SideError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:300]})") from None
-        return self
+    def _main_session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            try:
+                self._session = ort.InferenceSession(str(self.path), self._options(),
+                                                     providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types for bad files
+                raise SideError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:300]})") from None
+        return self._session
 
     def __exit__(self, *exc) -> None:
         self._session = None
@@ -98,7 +104,7 @@ class OnnxSide:
 
     @property
     def session(self):
-        return self._session
+        return self._main_session()
 
     def _exposing_session(self, names: frozenset[str] | None):
         """A session on a copy of the graph whose outputs include the program tensors asked for
@@ -124,10 +130,11 @@ class OnnxSide:
 
     def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
         start = time.perf_counter()
-        names = [o.name for o in self._session.get_outputs()]
+        session = self._main_session()
+        names = [o.name for o in session.get_outputs()]
         try:
             single = (dump_all or extra) and self.ort_opt == "disabled"
-            raw = {} if single else dict(zip(names, self._session.run(names, frame.onnx)))
+            raw = {} if single else dict(zip(names, session.run(names, frame.onnx)))
             if dump_all or extra:
                 exposed, exposed_names = self._exposing_session(None if dump_all else frozenset(extra))
                 more = dict(zip(exposed_names, exposed.run(exposed_names, frame.onnx)))
@@ -288,3 +295,22 @@ def check_aligned(tensor, aligned: np.ndarray, valid: np.ndarray) -> str:
     fill = tensor.zero_point if tensor.quantized else 0
     bad = int(np.count_nonzero(aligned[pad] != fill))
     return f"{bad} padding elements are not the zero point ({fill})" if bad else ""
+
+
+class HostCache:
+    """Host-side results shared by verifications of the same model on several boards (a farm
+    run): onnxruntime and the simulator give the same answer for the same inputs whatever
+    board is checked, so each is computed once. Thread-safe; one computation per key."""
+
+    def __init__(self) -> None:
+        self._values: dict = {}
+        self._locks: dict = {}
+        self._guard = threading.Lock()
+
+    def get(self, key, compute):
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            return self._values[key]

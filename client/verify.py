@@ -22,6 +22,7 @@ bad files raise :class:`~qverify.client.modelfiles.ModelFileError` or
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -36,7 +37,7 @@ from qverify.client.modelfiles import ModelFileError, classify, load_onnx, pairi
 from qverify.client.results import (
     FAILED, MISMATCHED, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
 )
-from qverify.client.sides import BoardSide, OnnxSide, SimulatorSide, SideOutput
+from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
 from qverify.client.verdict import PairComparer, lookup_anchors, tensor_order
 
 Progress = Callable[[str], None]
@@ -61,6 +62,7 @@ class VerifyOptions:
     connect_timeout: float = 5.0
     timeout: float = 300.0
     faults: Sequence[str] = ()  # embedded board only: --fault injections (tests, demos)
+    host_cache: HostCache | None = None  # share onnxruntime/simulator results across boards (farm runs)
 
 
 def verify(models: Sequence[str | Path] | str, board: str | None = None, *, progress: Progress | None = None,
@@ -172,7 +174,7 @@ class Verification:
         return BoardSide(client, push.sha256, program)
 
     def _run_sides(self, pool: ThreadPoolExecutor, sides: list, frame, broken: dict[str, str],
-                   program) -> dict[str, SideOutput]:
+                   program, number: int = 0) -> dict[str, SideOutput]:
         """Run one frame everywhere. The board works in its own process (or server thread), so
         its run overlaps the host's onnxruntime and simulator runs instead of adding to them."""
         outputs: dict[str, SideOutput] = {}
@@ -183,7 +185,7 @@ class Verification:
         try:
             for side in live:
                 if side.kind != "board":
-                    outputs[side.label] = side.run(frame, self.o.dump_all, extra)
+                    outputs[side.label] = self._host_run(side, frame, extra, number)
             for side in remote:
                 try:
                     outputs[side.label] = futures[side.label].result()
@@ -198,6 +200,14 @@ class Verification:
             wait(futures.values(), timeout=10)
             raise
         return outputs
+
+    def _host_run(self, side, frame, extra: frozenset[str], number: int) -> SideOutput:
+        """A host side's run, from the shared cache when another board's verification made it."""
+        if self.o.host_cache is None:
+            return side.run(frame, self.o.dump_all, extra)
+        key = (side.kind, _sha(self.files.onnx), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed, number,
+               self.o.dump_all, extra, self.o.ort_opt)
+        return self.o.host_cache.get(key, lambda: side.run(frame, self.o.dump_all, extra))
 
     def _compare_frame(self, outputs: dict[str, SideOutput], sides: list, pairs: list, comparers: list,
                        frame_us: list[float]) -> None:
@@ -228,7 +238,7 @@ class Verification:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qverify-board") as pool:
             for number, frame in enumerate(frames):
                 self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}")
-                outputs = self._run_sides(pool, sides, frame, broken, program)
+                outputs = self._run_sides(pool, sides, frame, broken, program, number)
                 self._compare_frame(outputs, sides, pairs, comparers, frame_us)
         for (a, b, _), comparer in zip(pairs, comparers):
             pair = comparer.finish()
@@ -281,10 +291,18 @@ def _death_message(exc: AgentError, program) -> str:
             f"{'s' if got != 1 else ''}: {str(exc).splitlines()[0][:200]}")
 
 
-def _sha(path: Path | None) -> str:
+@functools.lru_cache(maxsize=64)
+def _sha_cached(path: str, size: int, mtime_ns: int) -> str:
     from qverify.client.agent_client import file_sha256
 
-    return file_sha256(path) if path else ""
+    return file_sha256(Path(path))
+
+
+def _sha(path: Path | None) -> str:
+    if not path:
+        return ""
+    st = Path(path).stat()
+    return _sha_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _ort_version() -> str:
