@@ -191,9 +191,18 @@ class FarmRun:
                                              min_layer_cosine=model.min_layer_cosine),
                        connect_timeout=board.connect_timeout_s, timeout=timeout, host_cache=self.host_cache)
         result, error, attempts = self._retrying(lambda: qverify.verify(files, host, **options))
+        # A board that stops answering in the middle of a run may have crashed (its fault) or
+        # lost the network (the lab's): run again; dying every time is the board's answer.
+        died = False
+        while error is None and _died_mid_run(result) and attempts <= self.settings.retries and not self.stop.is_set():
+            died = True
+            self.stop.wait(self.settings.backoff_s)
+            result, error, more = self._retrying(lambda: qverify.verify(files, host, **options))
+            attempts += more
         job = JobResult(board.name, model.name, INFRA, attempts=attempts)
         if error is not None:
-            job.message = f"{type(error).__name__}: {error}"
+            since = "the board stopped answering during a run and has not answered since: " if died else ""
+            job.message = f"{since}{type(error).__name__}: {error}"
         elif any(p.status == MISMATCHED for p in result.pairs):
             job.message = "; ".join(p.verdict_line() for p in result.pairs)  # the inventory pairs wrong files
         else:
@@ -247,6 +256,12 @@ class FarmRun:
         d = reply.latency
         return Latency(reply.frames, d.min_us / 1e3, d.median_us / 1e3, d.p99_us / 1e3, d.max_us / 1e3,
                        d.mean_us / 1e3)
+
+
+def _died_mid_run(result) -> bool:
+    from qverify.client.verify import DIED_MID_RUN
+
+    return any(p.message.startswith(DIED_MID_RUN) for p in result.pairs)
 
 
 def _permanent(exc: BaseException) -> bool:

@@ -41,6 +41,7 @@ from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, 
 from qverify.client.verdict import PairComparer, lookup_anchors, tensor_order
 
 Progress = Callable[[str], None]
+DIED_MID_RUN = "the board stopped answering during the run"
 
 
 @dataclass
@@ -287,7 +288,7 @@ def _died_during_run(exc: AgentError) -> bool:
 
 def _death_message(exc: AgentError, program) -> str:
     got = len(exc.received)
-    return (f"the board stopped answering during the run (crashed or hung) after delivering {got} tensor"
+    return (f"{DIED_MID_RUN} (crashed or hung) after delivering {got} tensor"
             f"{'s' if got != 1 else ''}: {str(exc).splitlines()[0][:200]}")
 
 

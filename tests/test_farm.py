@@ -417,6 +417,18 @@ def test_inconsistent_results_are_never_retried(tmp_path, faulty, models):
     assert result.exit_code == 1
 
 
+def test_a_board_that_dies_mid_run_is_run_again_and_then_reported_as_gone(tmp_path, agent_pool, models):
+    """Dying mid-run may be a crash or a network cut: the job runs again; a board that stays
+    silent afterwards is an infrastructure error that says what happened first."""
+    (board,) = start_boards(agent_pool, ["board-13"], "--fault", f"crash:{models.fault_tensor}", tag="-crash")
+    inv = load_inventory(write_inventory(tmp_path / "farm.toml", [board.entry()], models,
+                                         settings={"retries": 1, "backoff_s": 0.05}, defaults={"perf_frames": 0}))
+    result = run_farm(inv)
+    job = result.jobs[0]
+    assert job.outcome == "infra" and job.attempts >= 2, job
+    assert "stopped answering during a run and has not answered since" in job.message
+
+
 # ------------------------------------------------------------------- 5. history, regressions
 
 
