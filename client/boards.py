@@ -137,8 +137,8 @@ def ensure_model(client: BoardClient, path: Path, options: BoardOptions,
     if options.transport == "grpc" or options.embedded:
         client.push(path)
         return PushReport(sha, True, size, time.perf_counter() - start, "grpc")
-    from qverify.client.ssh import push_sftp
+    from qverify.client.ssh import SshOptions, push_sftp
 
     store_dir = client.agent_info.model_store_path
-    result = push_sftp(path, options.host, store_dir, sha, options.ssh, progress=progress)
+    result = push_sftp(path, options.host, store_dir, sha, options.ssh or SshOptions(), progress=progress)
     return PushReport(sha, result.sent, size, result.seconds, "sftp")
