@@ -29,18 +29,13 @@ class TensorComparison:
 
 def compare(name: str, a: np.ndarray, b: np.ndarray, scale: float | None, digits: int = 5) -> TensorComparison:
     """Compare float tensors ``a`` and ``b`` (same shape); ``scale`` gives the LSB for the integer view."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
+    from qverify.client.sides import Observed
+    from qverify.client.verdict import measure
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.size != b.size:
         raise ValueError(f"{name}: shapes differ ({a.size} vs {b.size} elements)")
-    diff = np.abs(a - b)
-    tol = 10.0 ** (-digits)
-    if scale:
-        lsb = np.rint(diff / scale)
-    else:
-        lsb = np.where(diff == 0, 0, 2)
-    denom = np.linalg.norm(a) * np.linalg.norm(b)
-    cosine = float(a @ b / denom) if denom else float(np.array_equal(a, b))
-    return TensorComparison(name, a.size, float(diff.max(initial=0.0)), digits,
-                            int(np.count_nonzero(diff <= tol + 1e-12)), int(np.count_nonzero(lsb == 0)),
-                            int(np.count_nonzero(lsb == 1)), int(np.count_nonzero(lsb > 1)), cosine)
+    m = measure(name, Observed(a), Observed(b), scale, digits)
+    return TensorComparison(name, m["elements"], m["max_abs_diff"], digits, m["within_digits"], m["exact"],
+                            m["off_by_one"], m["beyond_one"], m["cosine"])

@@ -269,7 +269,7 @@ class BoardSide:
             aligned = dumped.array
             valid = aligned if tensor.info.logical_layout else to_valid(aligned, tuple(tensor.shape))
             observed = observe_integer(tensor, valid, aligned)
-            observed.layout_problem = check_aligned(tensor, aligned, valid)
+            observed.layout_problem = check_aligned(tensor, aligned, valid, self.program.target)
             out.tensors[name] = observed
         for name, value in outcome.outputs.items():
             if name in tensors and name not in out.tensors:
@@ -279,21 +279,18 @@ class BoardSide:
         return out
 
 
-def check_aligned(tensor, aligned: np.ndarray, valid: np.ndarray) -> str:
+def check_aligned(tensor, aligned: np.ndarray, valid: np.ndarray, target) -> str:
     """'' when the aligned buffer holds exactly the valid tensor, padded with the zero point
     (the hardware's convention: padding must not leak into the next layer's arithmetic)."""
+    from qverify.simulator.layout import to_aligned
+
     if tensor.info.logical_layout:  # an image held as received: the aligned buffer is the tensor
         return "" if np.array_equal(aligned, valid) else "aligned buffer differs from the valid tensor"
-    native = valid.transpose(0, 2, 3, 1) if valid.ndim == 4 else valid
-    if aligned.ndim != native.ndim or any(a < v for a, v in zip(aligned.shape, native.shape)):
-        return f"aligned shape {list(aligned.shape)} cannot hold the valid shape {list(native.shape)}"
-    region = tuple(slice(0, d) for d in native.shape)
-    if not np.array_equal(aligned[region], native):
-        return "aligned buffer's valid region differs from the valid tensor"
-    pad = np.ones(aligned.shape, dtype=bool)
-    pad[region] = False
     fill = tensor.zero_point if tensor.quantized else 0
-    bad = int(np.count_nonzero(aligned[pad] != fill))
+    expected = to_aligned(valid, target, fill)
+    if expected.shape != aligned.shape:
+        return f"aligned shape {list(aligned.shape)} is not the target's {list(expected.shape)}"
+    bad = int(np.count_nonzero(aligned != expected))
     return f"{bad} padding elements are not the zero point ({fill})" if bad else ""
 
 
