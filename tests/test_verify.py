@@ -224,11 +224,9 @@ def test_several_inputs_are_several_frames(pair, tmp_path):
 
 def test_an_unreachable_board_is_exit_3_within_the_connect_timeout(capsys, pair):
     port = free_port()
-    start = time.monotonic()
     code, _, err = run_cli(capsys, "-m", f"{pair[0]},{pair[1]}", "-b", f"127.0.0.1:{port}", "--connect-timeout", "1")
     assert code == 3
-    assert "unreachable" in err and "Traceback" not in err
-    assert time.monotonic() - start < 60  # bounded, not a performance figure
+    assert "unreachable" in err and "no connection within 1 s" in err and "Traceback" not in err
 
 
 def test_a_real_agent_over_grpc_push_and_a_second_run_sends_nothing(pair, agent_pool):  # noqa: F811
