@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -35,6 +36,20 @@ def test_simulator_runtime_imports_no_host_only_packages():
     assert proc.stdout.strip() == "", f"runtime imported {proc.stdout.strip()}"
 
 
+def test_ci_runs_the_readme_fresh_machine_commands_exactly_as_written():
+    """CI proves the README's two commands, not a private variant of them."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    fence = readme.index("```bash")
+    written = readme[fence + 1:readme.index("```", fence + 1)]
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print-commands"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == written
+    assert len(written) == 2
+    assert "pip install" in written[0] and "qverify demo" in written[0]
+    assert "pip install" in written[1] and "pytest" in written[1]
+
+
 @pytest.mark.slow
 def test_non_editable_install_into_a_fresh_venv(tmp_path):
     """`pip install .` (not -e) yields a working package: every mapped folder, the proto, the scripts."""
@@ -46,12 +61,19 @@ def test_non_editable_install_into_a_fresh_venv(tmp_path):
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     env_dir = tmp_path / "venv"
-    # System site-packages provide the dependencies; the venv's own qverify must win.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    # The running environment's site-packages provide the dependencies, appended after the
+    # venv's own (a .pth of plain paths: their own .pth files, such as an editable install's
+    # finder, are not run), so the venv's qverify must win.
+    own_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    deps = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    (Path(own_site) / "zz_test_dependencies.pth").write_text("\n".join(deps) + "\n")
+    # Build isolation, as a user's `pip install .` does: the build backend comes from
+    # pyproject.toml's [build-system], never from whatever setuptools/wheel this machine has.
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                              "--no-build-isolation", "--quiet", str(src)], capture_output=True, text=True,
-                             timeout=600)
+                              "--quiet", str(src)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     check = ("import qverify, qverify.v1.model_pb2, qverify.simulator, qverify.simulator.compiler, "
              "qverify.client.cli, qverify.agent.cli\n"
