@@ -14,9 +14,19 @@ Why it looks the way it does:
   so presence is always read from the directory, not from an in-memory list; such files,
   and every file found at startup, have their hash verified the first time a run uses
   them, and a corrupt one is deleted instead of being run.
+* A push must be a model container (magic, format version, payload length and payload
+  sha256 of ``qverify.simulator.modelfile``'s header): other bytes are refused as they
+  arrive, so nothing that is not a model ever becomes loadable.
 * The store has a size cap: least recently used models are evicted to make room. The last
   use is persisted as the file's mtime, so the order survives a restart; models pinned by a
   run that is loading them are never evicted.
+* Nothing is evicted for a push that has not proven it can complete: eviction happens only
+  at commit, after size, container and sha256 were checked, and only when evicting the
+  least recently used unpinned models actually makes enough room (otherwise the push
+  fails and every stored model stays). When the disk cannot hold a push as it arrives,
+  the bytes that do not fit are held in memory until that proof (at most one model,
+  which is bounded by the per-model size limit), then disk room is made and they are
+  written.
 * Several gRPC threads use one store at once: the index is guarded by one lock, and slow
   work (hashing, decoding names) happens outside it.
 
@@ -108,6 +118,12 @@ class TransferIncomplete(StoreError):
 
 class TransferSizeError(StoreError):
     """The declared size is invalid (negative), or more data came than was declared."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class NotAModel(StoreError):
+    """The pushed bytes are not a model container (magic, version, length, payload hash)."""
 
     grpc_code = "INVALID_ARGUMENT"
 
@@ -226,7 +242,14 @@ class ModelStore:
         self._pins: dict[str, int] = {}
         self._meta: dict[str, tuple[str, str]] = {}
         self._clock_ns = 0
-        os.makedirs(self.root, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the model store {self.root} is a file, not a folder; point the agent's --model-dir "
+                             "at a folder (it is created if missing)")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the model store folder {self.root}: {exc.strerror}; point the agent's "
+                             "--model-dir at a writable folder") from None
         self._remove_stale_parts()
         with self._lock:
             self._scan_locked()
@@ -372,17 +395,20 @@ class ModelStore:
             raise TransferSizeError(f"push of model {short(sha)} declared total_bytes={total_bytes!r}; "
                                     "send the size of the whole model.bin in bytes (0 or more) with the first chunk",
                                     sha)
+        if total_bytes < modelfile.HEADER.size:
+            raise NotAModel(f"push of model {short(sha)} declared {total_bytes} bytes, less than a model container's "
+                            f"{modelfile.HEADER.size}-byte header; push a model.bin written by 'qverify compile'", sha)
         if total_bytes > self.max_model_bytes:
             raise ModelTooLarge(f"model {short(sha)} is {total_bytes} bytes, more than the {self.max_model_bytes} "
-                                f"bytes board {self.board_id} accepts (--max-model-bytes); raise the agent's limit "
+                                f"bytes board {self.board_id} accepts (--max-model-size); raise the agent's limit "
                                 "or use a smaller model", sha)
         if total_bytes > self.capacity_bytes:
             raise ModelTooLarge(f"model {short(sha)} is {total_bytes} bytes, more than the whole model store of "
                                 f"board {self.board_id} holds ({self.capacity_bytes} bytes); raise the agent's "
                                 "store capacity or use a smaller model", sha)
-        self._make_disk_room(sha, total_bytes)
+        disk_budget = self._check_disk_room(sha, total_bytes)
         fd, tmp = tempfile.mkstemp(prefix=f".{sha}.", suffix=".part", dir=os.fspath(self.root))
-        return PushSession(self, sha, total_bytes, fd, tmp)
+        return PushSession(self, sha, total_bytes, fd, tmp, disk_budget)
 
     def put_bytes(self, sha: str, data: bytes) -> int:
         """Store ``data`` as model ``sha`` in one go (verified like a push); returns its size."""
@@ -481,8 +507,11 @@ class ModelStore:
         """
         evicted: list[str] = []
         used = sum(e.size for e in self._index.values())
-        candidates = sorted((e.mtime_ns, s) for s, e in self._index.items() if s != exclude and s not in self._pins)
-        for _, victim in candidates:
+        candidates = self._eviction_order(exclude)
+        evictable = sum(self._index[s].size for s in candidates)
+        if strict and used - evictable + needed > self.capacity_bytes:
+            raise self._pinned_full(used, needed, exclude)  # before any eviction: it could not make room
+        for victim in candidates:
             if used + needed <= self.capacity_bytes:
                 break
             size = self._index[victim].size
@@ -495,33 +524,60 @@ class ModelStore:
             evicted.append(victim)
             log.info("evicted model %s (%d bytes, least recently used) to make room", victim, size)
         if strict and used + needed > self.capacity_bytes:
-            pinned = sum(self._index[s].size for s in self._pins if s in self._index)
-            raise StoreFull(f"the model store of board {self.board_id} is full: {used} of its {self.capacity_bytes} "
-                            f"bytes are held by models that runs are using ({pinned} bytes pinned), and "
-                            f"{needed} more are needed; push again when those runs finish, or raise the store "
-                            "capacity", exclude)
+            raise self._pinned_full(used, needed, exclude)
         return evicted
 
-    def _make_disk_room(self, sha: str, total_bytes: int) -> None:
-        """Before a push: if the disk cannot hold it, evict LRU models; if still not, StoreFull."""
+    def _eviction_order(self, exclude: str | None) -> list[str]:
+        """Unpinned models other than ``exclude``, least recently used first."""
+        return [s for _, s in sorted((e.mtime_ns, s) for s, e in self._index.items()
+                                     if s != exclude and s not in self._pins)]
+
+    def _pinned_full(self, used: int, needed: int, sha: str | None) -> StoreFull:
+        pinned = sum(self._index[s].size for s in self._pins if s in self._index)
+        return StoreFull(f"the model store of board {self.board_id} is full: {used} of its {self.capacity_bytes} "
+                         f"bytes are held, {pinned} of them by models that runs are using, and {needed} more are "
+                         "needed; push again when those runs finish, or raise the store capacity", sha)
+
+    def _check_disk_room(self, sha: str, total_bytes: int) -> int:
+        """Before a push: the bytes the disk can take now. Evicts nothing.
+
+        StoreFull when even evicting every unpinned model could not make room, so such a
+        push fails at once and the store keeps what it has.
+        """
         free = self.free_bytes()
         if free >= total_bytes:
-            return
+            return free
         with self._lock:
             self._scan_locked()
-            candidates = sorted((e.mtime_ns, s) for s, e in self._index.items() if s != sha and s not in self._pins)
-            for _, victim in candidates:
-                if free >= total_bytes:
-                    break
-                try:
-                    self._remove_locked(victim)
-                except OSError as exc:
-                    log.warning("cannot evict model %s: %s", victim, exc)
-                    continue
-                log.info("evicted model %s to free disk space for model %s", victim, sha)
-                free = self.free_bytes()
-        if free < total_bytes:
+            evictable = sum(self._index[s].size for s in self._eviction_order(sha))
+        if free + evictable < total_bytes:
             raise self._disk_full(sha, total_bytes, free)
+        return free
+
+    def _make_disk_room_locked(self, sha: str, needed: int) -> None:
+        """At commit (the push is proven): evict LRU unpinned models until ``needed`` bytes fit on disk.
+
+        Evicts nothing when that cannot suffice.
+        """
+        free = self.free_bytes()
+        if free >= needed:
+            return
+        self._scan_locked()
+        candidates = self._eviction_order(sha)
+        if free + sum(self._index[s].size for s in candidates) < needed:
+            raise self._disk_full(sha, needed, free)
+        for victim in candidates:
+            if free >= needed:
+                break
+            try:
+                self._remove_locked(victim)
+            except OSError as exc:
+                log.warning("cannot evict model %s: %s", victim, exc)
+                continue
+            log.info("evicted model %s to free disk space for model %s", victim, sha)
+            free = self.free_bytes()
+        if free < needed:
+            raise self._disk_full(sha, needed, free)
 
     def _disk_full(self, sha: str, total_bytes: int, free: int | None = None) -> StoreFull:
         if free is None:
@@ -533,12 +589,23 @@ class ModelStore:
                          f"{short(sha)} needs {total_bytes}); free disk space or delete models, then push again", sha)
 
     def _install(self, session: PushSession) -> None:
-        """Make a verified, fsynced temp file visible as ``<sha>.bin``, evicting LRU models first."""
+        """Make a verified push visible as ``<sha>.bin``, evicting LRU models only as far as needed.
+
+        Bytes held in memory (the disk was short while they arrived) are written first,
+        after making disk room; the capacity is then made, and the file renamed into place.
+        """
         sha = session.sha256
         final = os.path.join(self.root, f"{sha}.bin")
         with self._lock:
             self._scan_locked()
             needed = 0 if sha in self._index else session.total_bytes
+            used = sum(e.size for e in self._index.values())
+            evictable = sum(self._index[s].size for s in self._eviction_order(sha))
+            if used - evictable + needed > self.capacity_bytes:
+                raise self._pinned_full(used, needed, sha)  # checked before evicting for the disk, too
+            if session.held_bytes:
+                self._make_disk_room_locked(sha, session.held_bytes)
+                session.write_held()
             self._evict_locked(needed, exclude=sha, strict=True)
             stamp = self._stamp_locked()
             os.utime(session.temp_path, ns=(stamp, stamp))
@@ -580,7 +647,8 @@ class PushSession:
     aborts on an exception and when left without ``commit`` (a cut stream).
     """
 
-    def __init__(self, store: ModelStore, sha256: str, total_bytes: int, fd: int, temp_path: str) -> None:
+    def __init__(self, store: ModelStore, sha256: str, total_bytes: int, fd: int, temp_path: str,
+                 disk_budget: int | None = None) -> None:
         self.store = store
         self.sha256 = sha256
         self.total_bytes = total_bytes
@@ -589,6 +657,17 @@ class PushSession:
         self.state = "open"  # "open", "committed" or "aborted"
         self._fd: int | None = fd
         self._digest = hashlib.sha256()
+        self._payload_digest = hashlib.sha256()  # what the container header promises
+        self._header = b""
+        # Bytes the disk could take when the push began; the rest waits in memory until proven.
+        self._disk_budget = total_bytes if disk_budget is None else disk_budget
+        self._on_disk = 0
+        self._held = bytearray()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes received but held in memory because the disk had no room for them yet."""
+        return len(self._held)
 
     def __enter__(self) -> PushSession:
         return self
@@ -610,15 +689,65 @@ class PushSession:
             raise TransferSizeError(f"push of model {short(self.sha256)} sent at least {got} bytes but declared "
                                     f"{self.total_bytes}; declare the size of the whole model.bin and push again",
                                     self.sha256)
+        self._check_container(chunk)
+        self._store_chunk(chunk)
+        self._digest.update(chunk)
+        self.received += len(chunk)
+
+    def _check_container(self, chunk: bytes) -> None:
+        """Refuse bytes that are not a model container as soon as its header has arrived."""
+        size = modelfile.HEADER.size
+        before = self.received
+        if before < size:
+            self._header += bytes(chunk[:size - before])
+            if len(self._header) == size:
+                magic, version, _, length, _, _ = modelfile.HEADER.unpack(self._header)
+                problem = None
+                if magic != modelfile.MAGIC:
+                    problem = "is not a qverify model (bad magic)"
+                elif version != modelfile.FORMAT_VERSION:
+                    problem = f"is model format version {version}, this board reads {modelfile.FORMAT_VERSION}"
+                elif length != self.total_bytes - size:
+                    problem = f"has a header that promises {length} payload bytes, but {self.total_bytes - size} were declared"
+                if problem:
+                    self.abort()
+                    raise NotAModel(f"the bytes pushed as model {short(self.sha256)} {problem}; push a model.bin "
+                                    "written by 'qverify compile' with the same qverify version", self.sha256)
+        self._payload_digest.update(memoryview(chunk)[max(0, size - before):])
+
+    def _store_chunk(self, chunk: bytes) -> None:
+        """Write what the disk can take; hold the rest in memory (never evict before commit)."""
+        if self._held or self._on_disk + len(chunk) > self._disk_budget:
+            self._held += chunk
+            return
         try:
             _write_all(self._fd, chunk)
         except OSError as exc:
-            self.abort()
+            if exc.errno not in _DISK_FULL:
+                self.abort()
+                raise
+            # Filled by someone else meanwhile: drop the partial write and hold the chunk instead.
+            try:
+                os.ftruncate(self._fd, self._on_disk)
+                os.lseek(self._fd, self._on_disk, os.SEEK_SET)
+            except OSError:
+                self.abort()
+                raise self.store._disk_full(self.sha256, self.total_bytes) from None
+            self._held += chunk
+            return
+        self._on_disk += len(chunk)
+
+    def write_held(self) -> None:
+        """Write the bytes held in memory and fsync (the store made disk room for them)."""
+        try:
+            _write_all(self._fd, self._held)
+            _fsync(self._fd)
+        except OSError as exc:
             if exc.errno in _DISK_FULL:
                 raise self.store._disk_full(self.sha256, self.total_bytes) from None
             raise
-        self._digest.update(chunk)
-        self.received += len(chunk)
+        self._on_disk += len(self._held)
+        self._held = bytearray()
 
     def commit(self) -> int:
         """Verify size and sha256, fsync, and atomically make the model visible; returns its size."""
@@ -633,6 +762,10 @@ class PushSession:
             self.abort()
             raise HashMismatch(f"the bytes pushed as model {short(sha)} hash to {short(actual)}: the transfer was "
                                "corrupted or the id is not the sha256 of the whole model.bin; push it again", sha)
+        if self._payload_digest.digest() != modelfile.HEADER.unpack(self._header)[4]:
+            self.abort()
+            raise NotAModel(f"model {short(sha)} is a corrupt model container (its payload does not match the sha256 "
+                            "in its header); recompile it with 'qverify compile' and push it again", sha)
         try:
             _fsync(self._fd)
         except OSError as exc:
@@ -640,13 +773,13 @@ class PushSession:
             if exc.errno in _DISK_FULL:
                 raise self.store._disk_full(sha, self.total_bytes) from None
             raise
-        os.close(self._fd)
-        self._fd = None
         try:
             self.store._install(self)
         except BaseException:
             self.abort()
             raise
+        os.close(self._fd)
+        self._fd = None
         self.state = "committed"
         return self.total_bytes
 

@@ -21,6 +21,7 @@ from qverify.agent.store import (
     ModelNotFound,
     ModelStore,
     ModelTooLarge,
+    NotAModel,
     StoreError,
     StoredModelInfo,
     StoreFull,
@@ -101,7 +102,7 @@ def test_unreadable_model_lists_with_empty_name(tmp_path: Path) -> None:
     store = make(tmp_path)
     data = b"not a model at all"
     sha = hashlib.sha256(data).hexdigest()
-    store.put_bytes(sha, data)
+    (tmp_path / f"{sha}.bin").write_bytes(data)  # out of band (SFTP): pushes refuse such bytes
     [info] = store.list()
     assert (info.name, info.target, info.size_bytes) == ("", "", len(data))
 
@@ -497,8 +498,9 @@ def test_disk_full_while_writing_is_store_full(tmp_path: Path, monkeypatch) -> N
     sha, data = model()
     monkeypatch.setattr(store_mod, "_write_all", _enospc)
     push = store.begin_push(sha, len(data))
+    push.write(data)  # held in memory: the disk filled up under the push
     with pytest.raises(StoreFull, match=r"disk of board board-7 is full \(\d+ bytes free"):
-        push.write(data)
+        push.commit()
     assert push.state == "aborted"
     assert leftovers(tmp_path) == [] and store.has(sha) is None
 
@@ -537,3 +539,141 @@ def test_agent_store_imports_no_host_packages() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ nothing is lost for a push
+
+
+def padded_model(size: int, name: str = "m") -> tuple[str, bytes]:
+    """A real model.bin of about ``size`` bytes (a long program name pads it)."""
+    base = len(model(name)[1])
+    return model(name + "x" * max(0, size - base - 8))
+
+
+def short_disk(monkeypatch, tmp_path: Path, free: int) -> None:
+    """The store's file system reports ``free`` bytes plus whatever its models occupy."""
+    real = store_mod.shutil.disk_usage
+
+    def usage(path):
+        held = sum(f.stat().st_size for f in tmp_path.glob("*.bin"))
+        return real(path)._replace(free=max(0, free - held))
+
+    monkeypatch.setattr(store_mod.shutil, "disk_usage", usage)
+
+
+def test_a_push_that_cannot_fit_even_after_evicting_everything_evicts_nothing(tmp_path: Path, monkeypatch) -> None:
+    store = make(tmp_path)
+    a, da = padded_model(4000, "a")
+    store.put_bytes(a, da)
+    short_disk(monkeypatch, tmp_path, free=len(da) + 1000)  # 1000 bytes free beside model a
+    b, db = padded_model(6000, "b")
+    with pytest.raises(StoreFull, match="free disk space or delete models"):
+        store.begin_push(b, len(db))
+    assert store.has(a) == len(da) and store.has(b) is None and leftovers(tmp_path) == []
+
+
+def test_a_push_declared_but_never_sent_evicts_nothing(tmp_path: Path, monkeypatch) -> None:
+    store = make(tmp_path)
+    a, da = padded_model(4000, "a")
+    store.put_bytes(a, da)
+    short_disk(monkeypatch, tmp_path, free=len(da) + 1000)
+    b, db = padded_model(3000, "b")  # fits only if a is evicted
+    with store.begin_push(b, len(db)) as push:
+        push.write(db[:1])               # one byte of a declared 3000, then the stream is cut
+    assert push.state == "aborted"
+    assert store.has(a) == len(da) and store.has(b) is None and leftovers(tmp_path) == []
+
+
+def test_a_push_with_the_wrong_hash_evicts_nothing(tmp_path: Path, monkeypatch) -> None:
+    store = make(tmp_path)
+    a, da = padded_model(4000, "a")
+    store.put_bytes(a, da)
+    short_disk(monkeypatch, tmp_path, free=len(da) + 1000)
+    b, _ = padded_model(3000, "b")
+    _, dc = padded_model(3000, "c")      # same size, other bytes
+    with pytest.raises(HashMismatch):
+        store.put_bytes(b, dc)
+    assert store.has(a) == len(da) and store.has(b) is None and leftovers(tmp_path) == []
+
+
+def test_a_proven_push_evicts_only_the_least_recently_used_models_it_needs(tmp_path: Path, monkeypatch) -> None:
+    store = make(tmp_path)
+    (a, da), (b, db), (c, dc) = (padded_model(2000, n) for n in "abc")
+    for sha, data in ((a, da), (b, db), (c, dc)):
+        store.put_bytes(sha, data)
+    store.touch(a)                       # b is now the least recently used
+    short_disk(monkeypatch, tmp_path, free=3 * len(da) + 500)
+    d, dd = padded_model(2400, "d")      # needs one model's room, not two
+    store.put_bytes(d, dd)
+    assert store.has(b) is None
+    assert store.has(a) == len(da) and store.has(c) == len(dc) and store.has(d) == len(dd)
+    assert (tmp_path / f"{d}.bin").read_bytes() == dd and leftovers(tmp_path) == []
+
+
+def test_capacity_that_pinned_models_block_evicts_nothing(tmp_path: Path) -> None:
+    (a, da), (b, db) = models(2)
+    c, dc = model("c" * 30)              # bigger than a or b alone, smaller than both
+    store = make(tmp_path, capacity=len(da) + len(db))
+    store.put_bytes(a, da)
+    store.put_bytes(b, db)
+    with store.pin(a):                   # evicting b alone cannot make room for c
+        with pytest.raises(StoreFull, match="push again when those runs finish"):
+            store.put_bytes(c, dc)
+        assert store.has(a) == len(da) and store.has(b) == len(db) and store.has(c) is None
+
+
+@pytest.mark.parametrize("case", ["garbage", "short", "bad-version", "bad-length", "bad-payload-hash"])
+def test_only_model_containers_can_be_pushed(tmp_path: Path, case: str) -> None:
+    store = make(tmp_path)
+    _, good = model("ok")
+    header = bytearray(good[:modelfile.HEADER.size])
+    data = {
+        "garbage": b"not a model at all, but long enough to have a 64-byte header........",
+        "short": b"tiny",
+        "bad-version": bytes(header[:8]) + (99).to_bytes(4, "little") + good[12:],
+        "bad-length": bytes(header[:16]) + (len(good)).to_bytes(8, "little") + good[24:],
+        "bad-payload-hash": good[:-1] + bytes([good[-1] ^ 1]),
+    }[case]
+    sha = hashlib.sha256(data).hexdigest()  # well hashed: only the content is wrong
+    with pytest.raises(NotAModel, match="qverify compile"):
+        store.put_bytes(sha, data)
+    assert NotAModel.grpc_code == "INVALID_ARGUMENT"
+    assert store.has(sha) is None and leftovers(tmp_path) == []
+
+
+def test_a_model_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "models"
+    target.write_text("")
+    with pytest.raises(StoreError, match="is a file, not a folder; point the agent's --model-dir at a folder"):
+        make(target)
+
+
+@pytest.fixture
+def tmpfs_4mib(tmp_path: Path):
+    """A real 4 MiB tmpfs (root only; skipped where mounting is not permitted)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def test_on_a_real_full_disk_a_push_that_cannot_fit_keeps_the_store(tmpfs_4mib: Path) -> None:
+    store = make(tmpfs_4mib)
+    a, da = padded_model(1 << 20, "a")
+    store.put_bytes(a, da)
+    b, db = padded_model(5 << 20, "b")   # larger than the whole disk
+    with pytest.raises(StoreFull):
+        store.begin_push(b, len(db))
+    c, dc = padded_model(3 << 20 | 1 << 19, "c")  # fits only after evicting a; declared, one byte sent
+    with store.begin_push(c, len(dc)) as push:
+        push.write(dc[:1])
+    assert store.has(a) == len(da) and store.list()[0].sha256 == a and leftovers(tmpfs_4mib) == []
+    store.put_bytes(c, dc)               # a whole, proven push may evict a
+    assert store.has(c) == len(dc) and store.has(a) is None
+    assert (tmpfs_4mib / f"{c}.bin").read_bytes() == dc
