@@ -5,6 +5,7 @@
                         [--tls-client-ca CA] [--insecure] [--max-queue N] [--fault KIND:TARGET]
 
 Exit codes: 0 stopped cleanly, 2 bad options, 3 could not start (port, files).
+Every foreseeable failure is one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
@@ -63,14 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _FileError(Exception):
+    """An option names a file the agent cannot use (exit 3: could not start)."""
+
+
 def _read_token(path: Path) -> str:
     try:
         token = path.read_text().strip()
         mode = path.stat().st_mode
     except OSError as exc:
-        raise SystemExit(f"qverify-agent: error: --token-file {path}: {exc.strerror}")
+        raise _FileError(f"--token-file {path}: {exc.strerror}; give a readable file holding the token") from None
+    except UnicodeDecodeError:
+        raise _FileError(f"--token-file {path} is not text; put the token in it as one line") from None
     if not token:
-        raise SystemExit(f"qverify-agent: error: --token-file {path} is empty")
+        raise _FileError(f"--token-file {path} is empty; put the token in it as one line")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         logging.getLogger("qverify.agent").warning("token file %s is readable by others; chmod 600 it", path)
     return token
@@ -86,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # gRPC's C core would print its own log line for a port clash before our sentence.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from qverify.agent.backends import BackendError
     from qverify.agent.faults import parse_fault
-    from qverify.agent.server import ConfigError, ServerOptions, serve
+    from qverify.agent.server import ConfigError, ServerOptions, StartError, parse_listen, serve
     from qverify.agent.service import AgentConfig
     from qverify.agent.store import StoreError
     from qverify.simulator.errors import SimulatorError
@@ -96,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         faults = [parse_fault(text) for text in args.fault]
         target = get_target(args.target)
+        host, port = parse_listen(args.listen, DEFAULT_PORT)
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         options = ServerOptions(
-            listen=args.listen, model_dir=args.model_dir, backend=args.backend, target=target,
+            listen=listen, model_dir=args.model_dir, backend=args.backend, target=target,
             npu_cores=args.npu_cores, token=_read_token(args.token_file) if args.token_file else None,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, insecure=args.insecure,
             store_capacity=args.store_capacity, workers=args.workers, grace_s=args.grace,
@@ -107,11 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("qverify.agent").warning("FAULT INJECTION active (test tooling): %s",
                                                        ", ".join(map(str, faults)))
         return serve(options, faults)
-    except (ValueError, ConfigError, SimulatorError) as exc:
+    except (ValueError, ConfigError, SimulatorError, BackendError) as exc:
         print(f"qverify-agent: error: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, OSError) as exc:
+    except (_FileError, StartError, StoreError) as exc:
         print(f"qverify-agent: error: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"qverify-agent: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}",
+              file=sys.stderr)
         return 3
 
 

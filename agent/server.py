@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -26,6 +27,37 @@ SERVICE_NAME = board_agent_pb2.DESCRIPTOR.services_by_name["BoardAgent"].full_na
 
 class ConfigError(Exception):
     """The agent's options are unsafe or inconsistent; the message says what to change."""
+
+
+class StartError(Exception):
+    """The agent could not start with valid options: its port or its files (the message says which)."""
+
+
+def parse_listen(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[v6]:PORT`` -> (host, port); a missing port is ``default_port``.
+
+    Raises ConfigError for anything else, so a typo never ends up on an unexpected port.
+    """
+    raw = text.strip()
+    if raw.startswith("["):
+        host, bracket, rest = raw[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(f"--listen {text!r}: an IPv6 address goes in brackets, e.g. [::1]:{default_port}")
+        port_text = rest[1:] if rest else ""
+    elif raw.count(":") > 1:
+        raise ConfigError(f"--listen {text!r}: write an IPv6 address in brackets, e.g. [::1]:{default_port}")
+    else:
+        host, _, port_text = raw.partition(":")
+        if ":" in raw and not port_text:
+            raise ConfigError(f"--listen {text!r}: the port after ':' is missing; give HOST:PORT, e.g. "
+                              f"0.0.0.0:{default_port}")
+    if not host:
+        raise ConfigError(f"--listen {text!r}: the host is missing; give HOST:PORT, e.g. 127.0.0.1:{default_port}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen {text!r}: port {port_text!r} is not a port number (1-65535)")
+    return host, int(port_text)
 
 
 @dataclass
@@ -57,17 +89,54 @@ def is_loopback(listen: str) -> bool:
 
 
 def check_security(options: ServerOptions) -> None:
-    secured = options.token or (options.tls_cert and options.tls_key)
-    if not is_loopback(options.listen) and not secured:
-        if not options.insecure:
-            raise ConfigError(f"--listen {options.listen} is reachable from the network: give --token-file or "
-                              "--tls-cert/--tls-key, or --insecure to accept an open agent")
-        log.warning("listening on %s without a token or TLS (--insecure): anyone on the network can run models",
-                    options.listen)
+    """Off loopback, every caller must authenticate: a token, or a client certificate (mTLS).
+
+    Server-only TLS encrypts but lets anyone holding the CA certificate call every RPC, so it
+    does not count; nor does anything without --insecure.
+    """
     if bool(options.tls_cert) != bool(options.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     if options.tls_client_ca and not options.tls_cert:
         raise ConfigError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    authenticated = bool(options.token or (options.tls_cert and options.tls_client_ca))
+    if not is_loopback(options.listen) and not authenticated:
+        if options.tls_cert:
+            unsafe = "with TLS but no client authentication: anyone holding the CA certificate can run models"
+            fix = ("give --token-file, or --tls-client-ca to require client certificates (mTLS), or --insecure to "
+                   "accept an encrypted but unauthenticated agent")
+        else:
+            unsafe = "without a token or TLS: anyone on the network can run models"
+            fix = "give --token-file or --tls-cert/--tls-key with --tls-client-ca, or --insecure to accept an open agent"
+        if not options.insecure:
+            raise ConfigError(f"--listen {options.listen} is reachable from the network: {fix}")
+        log.warning("listening on %s %s (--insecure)", options.listen, unsafe)
+
+
+def _read_tls(options: ServerOptions) -> tuple[bytes, bytes, bytes | None]:
+    """(key, certificate chain, client CA) read and checked, so a bad file is named instead of 'Failed to bind'."""
+    files = {"--tls-key": options.tls_key, "--tls-cert": options.tls_cert, "--tls-client-ca": options.tls_client_ca}
+    data: dict[str, bytes | None] = {}
+    for flag, path in files.items():
+        if path is None:
+            data[flag] = None
+            continue
+        try:
+            data[flag] = Path(path).read_bytes()
+        except OSError as exc:
+            raise StartError(f"{flag} {path}: {exc.strerror}; give a readable PEM file") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: not a PEM certificate and "
+                          f"the private key that belongs to it ({exc.reason or exc}); give a matching pair") from None
+    if data["--tls-client-ca"] is not None:
+        try:
+            context.load_verify_locations(cafile=options.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"--tls-client-ca {options.tls_client_ca}: not a PEM CA certificate "
+                              f"({exc.reason or exc}); give the CA that signs the clients' certificates") from None
+    return data["--tls-key"], data["--tls-cert"], data["--tls-client-ca"]
 
 
 class AgentServer:
@@ -105,18 +174,17 @@ class AgentServer:
         o = self.options
         try:
             if o.tls_cert:
-                ca = o.tls_client_ca.read_bytes() if o.tls_client_ca else None
-                creds = grpc.ssl_server_credentials([(o.tls_key.read_bytes(), o.tls_cert.read_bytes())],
-                                                    root_certificates=ca, require_client_auth=ca is not None)
+                key, cert, ca = _read_tls(o)
+                creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                    require_client_auth=ca is not None)
                 port = self.server.add_secure_port(o.listen, creds)
             else:
                 port = self.server.add_insecure_port(o.listen)
-        except OSError as exc:
-            raise ConfigError(f"cannot read TLS files: {exc}") from None
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {o.listen}: {exc}") from None
+        except RuntimeError:  # gRPC says only "Failed to bind"; the cause is the same as port 0 below
+            port = 0
         if port == 0:
-            raise ConfigError(f"cannot listen on {o.listen} (in use, or not an address of this machine)")
+            raise StartError(f"cannot listen on {o.listen}: the port is in use, or the host is not an address of "
+                             "this machine; stop the other process or choose another --listen")
         return port
 
     def start(self) -> None:
