@@ -51,14 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
     s.add_argument("--insecure", action="store_true", help="allow a network listen address without token or TLS")
     s.add_argument("--max-queue", type=int, default=8, help="runs that may wait per board before RESOURCE_EXHAUSTED")
-    s.add_argument("--max-model-size", type=_size, default=_size("512M"))
+    s.add_argument("--max-model-size", type=_size, default=_size("512M"), help="largest model.bin accepted")
+    s.add_argument("--max-input-size", type=_size, default=_size("64M"),
+                   help="largest inputs of one run, sent or declared by a model (Perf's random inputs)")
     s.add_argument("--max-message-size", type=_size, default=_size("64M"))
     s.add_argument("--store-capacity", type=_size, default=_size(env("QVERIFY_AGENT_STORE_CAPACITY", "4G")))
     s.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     s.add_argument("--grace", type=float, default=30.0, help="seconds running calls get to finish on SIGTERM")
     s.add_argument("--fault", action="append", default=[], metavar="KIND:TARGET",
                    help="TEST TOOLING for the emulated board: bitflip:LAYER, lsb:LAYER, padding:LAYER|all, "
-                        "delay:MS, crash:LAYER")
+                        "delay:MS, crash:LAYER, stale:outputs, dumponly:LAYER, nondeterministic:LAYER")
     s.add_argument("--log-level", default=env("QVERIFY_AGENT_LOG_LEVEL", "INFO"))
     sub.add_parser("version", help="print the agent and protocol versions")
     return parser
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, insecure=args.insecure,
             store_capacity=args.store_capacity, workers=args.workers, grace_s=args.grace,
             config=AgentConfig(board_id=args.board_id, max_queue=args.max_queue, max_model_bytes=args.max_model_size,
-                               max_message_bytes=args.max_message_size))
+                               max_message_bytes=args.max_message_size,
+                               max_input_bytes=args.max_input_size))
         if faults:
             logging.getLogger("qverify.agent").warning("FAULT INJECTION active (test tooling): %s",
                                                        ", ".join(map(str, faults)))

@@ -6,6 +6,7 @@ nothing a client sends can make the agent raise an unhandled exception.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -21,12 +22,12 @@ import numpy as np
 
 import qverify
 from qverify.agent import PROTOCOL_VERSION, store as store_mod
-from qverify.agent.backends import Backend, BackendError, ModelMismatch
+from qverify.agent.backends import Backend, BackendError, ModelInvalid, ModelMismatch
 from qverify.agent.faults import Fault
 from qverify.agent.scheduler import CoreScheduler, QueueFull, WaitAborted
 from qverify.agent.tensors import TensorError, dtype_name, from_wire, to_wire
 from qverify.simulator.errors import InputError
-from qverify.simulator.executor import Dump, dequantize, feed_shape
+from qverify.simulator.executor import Dump, RunCancelled, dequantize, feed_shape
 from qverify.simulator.program import PROTO_DTYPES
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import board_agent_pb2_grpc, model_pb2
@@ -169,7 +170,8 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         total = sum(len(t.data) for t in tensors)
         if total > self.config.max_input_bytes:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"inputs are {total} bytes, more than this agent's limit of {self.config.max_input_bytes}")
+                        f"inputs are {total} bytes, more than this agent's limit of {self.config.max_input_bytes} "
+                        "(--max-input-size)")
         expected = {t.name: t for t in model.program.inputs}
         inputs = {}
         for tensor in tensors:
@@ -247,7 +249,11 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             if final and dump is not None:
                 break
             t0 = time.perf_counter()
-            result = model.run(inputs, core=core)
+            try:
+                result = model.run(inputs, core=core, should_stop=lambda: not context.is_active())
+            except RunCancelled as exc:
+                log.info("%s", exc)
+                raise
             if index >= request.warmup:
                 frame_us.append((time.perf_counter() - t0) * 1e6)
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])
@@ -328,12 +334,15 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         def work() -> None:
             try:
                 t0 = time.perf_counter()
-                result = model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core)
+                result = model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core,
+                                   should_stop=lambda: cancelled.is_set() or not context.is_active())
                 flush()
                 frame_us.append((time.perf_counter() - t0) * 1e6)
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])
                 outcome["result"] = result
             except BaseException as exc:  # handed to the RPC thread, which maps it
+                if isinstance(exc, RunCancelled):
+                    log.info("%s", exc)
                 outcome["error"] = exc
             finally:
                 try:
@@ -374,9 +383,12 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
                 inputs = (self._decode_inputs(model, request.inputs) if request.inputs
-                          else _random_inputs(model.program))
+                          else _random_inputs(model.program, self.config.max_input_bytes))
+                def stop() -> bool:  # asked between layers
+                    return not context.is_active()
+
                 for _ in range(max(0, request.warmup)):
-                    model.run(inputs)
+                    model.run(inputs, should_stop=stop)
                 latencies: list[float] = []
                 lock = threading.Lock()
                 counter = iter(range(frames))
@@ -389,7 +401,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                         with self.scheduler.acquire(-1, timeout=context.time_remaining(),
                                                     still_wanted=context.is_active) as (core, _):
                             t0 = time.perf_counter()
-                            model.run(inputs, core=core)
+                            model.run(inputs, core=core, should_stop=stop)
                             elapsed = (time.perf_counter() - t0) * 1e6
                         with lock:
                             latencies.append(elapsed)
@@ -397,7 +409,11 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 started = time.perf_counter()
                 with ThreadPoolExecutor(max_workers=threads) as pool:
                     for future in [pool.submit(runner) for _ in range(threads)]:
-                        future.result()
+                        try:
+                            future.result()
+                        except RunCancelled as exc:
+                            log.info("%s", exc)
+                            raise _Cancelled() from None
                 wall = time.perf_counter() - started
                 if not context.is_active():
                     raise _Cancelled()
@@ -450,6 +466,10 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
         return getattr(grpc.StatusCode, getattr(exc, "grpc_code", "FAILED_PRECONDITION")), str(exc)
     if isinstance(exc, ModelMismatch):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ModelInvalid):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, RunCancelled):
+        return grpc.StatusCode.CANCELLED, str(exc)
     if isinstance(exc, (InputError, TensorError, ValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, WaitAborted):
@@ -463,11 +483,20 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
     return None, ""
 
 
-def _random_inputs(program) -> dict[str, np.ndarray]:
+def _random_inputs(program, max_bytes: int) -> dict[str, np.ndarray]:
+    """Seeded random inputs at the model's declared shapes, refused before allocating when over ``max_bytes``."""
+    shapes = {tensor.name: feed_shape(tensor) for tensor in program.inputs}
+    sizes = {t.name: math.prod(int(d) for d in shapes[t.name]) * np.dtype(t.dtype).itemsize for t in program.inputs}
+    if sum(sizes.values()) > max_bytes:
+        name = max(sizes, key=sizes.get)
+        raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the model declares {sum(sizes.values())} bytes of inputs (input '{name}' "
+                    f"{list(shapes[name])} alone is {sizes[name]}), more than this agent's limit of {max_bytes} "
+                    "(--max-input-size); raise the limit or check the model's input shapes")
     rng = np.random.default_rng(0)
     out = {}
     for tensor in program.inputs:
-        shape = feed_shape(tensor)
+        shape = shapes[tensor.name]
         if np.issubdtype(tensor.dtype, np.integer):
             info = np.iinfo(tensor.dtype)
             out[tensor.name] = rng.integers(info.min, info.max + 1, shape, dtype=tensor.dtype)

@@ -12,12 +12,20 @@ from typing import Callable, Iterable, Literal
 import numpy as np
 
 from qverify.simulator import fixedpoint, layout
-from qverify.simulator.errors import InputError
+from qverify.simulator.errors import InputError, SimulatorError
 from qverify.simulator.ops import registry
 from qverify.simulator.program import NodeView, Program, TensorView
 from qverify.v1 import model_pb2
 
 Layout = Literal["valid", "aligned", "both"]
+
+
+class RunCancelled(SimulatorError):
+    """A run stopped at a layer boundary because its caller asked (deadline, cancel)."""
+
+    def __init__(self, message: str, layers_done: int) -> None:
+        super().__init__(message)
+        self.layers_done = layers_done
 
 
 @dataclass
@@ -159,8 +167,14 @@ class Simulator:
         return logical
 
     def run(self, inputs: dict[str, np.ndarray], dump: Iterable[str] | Literal["all", "outputs"] | None = None,
-            dump_layout: Layout = "valid", sink: DumpSink | None = None) -> RunResult:
-        """Run once. ``dump`` selects tensors passed to ``sink`` as they are produced."""
+            dump_layout: Layout = "valid", sink: DumpSink | None = None,
+            should_stop: Callable[[], bool] | None = None) -> RunResult:
+        """Run once. ``dump`` selects tensors passed to ``sink`` as they are produced.
+
+        ``should_stop`` is asked before every layer; when it says yes the run ends there with
+        RunCancelled, so a caller that gave up (a deadline) frees the core at the next layer
+        boundary instead of when the whole network is done.
+        """
         env: dict[str, np.ndarray] = dict(self.program.constants)
         env.update(self.check_inputs(inputs))
         wanted = self._dump_selection(dump)
@@ -170,14 +184,17 @@ class Simulator:
                 if tensor.name in wanted:
                     sink(self._make_dump(tensor, "", env[tensor.name], dump_layout))
         with fixedpoint.rounding(self.program.target.rounding):
-            self._execute(env, wanted, dump_layout, sink, result)
+            self._execute(env, wanted, dump_layout, sink, result, should_stop)
         result.outputs = {t.name: env[t.name] for t in self.program.outputs}
         return result
 
     def _execute(self, env: dict, wanted: set[str], dump_layout: Layout, sink: DumpSink | None,
-                 result: RunResult) -> None:
+                 result: RunResult, should_stop: Callable[[], bool] | None = None) -> None:
         started = time.perf_counter()
         for node, kernel, free in zip(self.program.nodes, self._kernels, self._free_after):
+            if should_stop is not None and should_stop():
+                raise RunCancelled(f"run stopped before layer '{node.name}' ({len(result.layers)} of "
+                                   f"{len(self.program.nodes)} layers done): its caller gave up", len(result.layers))
             stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
             t0 = time.perf_counter()
             outputs = kernel(node, [env[name] if name else None for name in node.inputs], stats)

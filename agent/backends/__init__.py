@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from qverify.agent.backends.base import Backend, BackendError, BackendInfo, LoadedModel, ModelMismatch
+from qverify.agent.backends.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    LoadedModel,
+    ModelInvalid,
+    ModelMismatch,
+)
 
 ENTRY_POINT_GROUP = "qverify.backends"
 
@@ -24,4 +31,5 @@ def backend_class(name: str) -> type[Backend]:
     raise BackendError(f"unknown backend '{name}'; available: {', '.join(available())}")
 
 
-__all__ = ["Backend", "BackendError", "BackendInfo", "LoadedModel", "ModelMismatch", "available", "backend_class"]
+__all__ = ["Backend", "BackendError", "BackendInfo", "LoadedModel", "ModelInvalid", "ModelMismatch", "available",
+           "backend_class"]

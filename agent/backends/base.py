@@ -34,8 +34,14 @@ class LoadedModel(abc.ABC):
 
     @abc.abstractmethod
     def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
-            sink: Callable[[Dump], None] | None = None, core: int = 0) -> RunResult:
-        """Run once on NPU core ``core``; inputs in the board feed layout."""
+            sink: Callable[[Dump], None] | None = None, core: int = 0,
+            should_stop: Callable[[], bool] | None = None) -> RunResult:
+        """Run once on NPU core ``core``; inputs in the board feed layout.
+
+        ``should_stop`` says when the caller gave up (deadline, cancel): a backend asks it at
+        every point where it can stop (between layers) and then raises
+        ``qverify.simulator.executor.RunCancelled``, so the core is free for the next run.
+        """
 
 
 class Backend(abc.ABC):
@@ -64,3 +70,7 @@ class BackendError(Exception):
 
 class ModelMismatch(BackendError):
     """The model was compiled for another target than this board's."""
+
+
+class ModelInvalid(BackendError):
+    """The model file is not a model this backend can load (corrupt, malformed, over a limit)."""

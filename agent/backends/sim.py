@@ -15,7 +15,7 @@ from qverify.agent import faults as fault_tools
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, LoadedModel, ModelMismatch
 from qverify.simulator import Simulator, load
 from qverify.simulator.errors import ModelFormatError
-from qverify.simulator.executor import Dump, RunResult
+from qverify.simulator.executor import Dump, RunCancelled, RunResult
 from qverify.simulator.targets import TargetProfile
 
 
@@ -27,11 +27,21 @@ class SimModel(LoadedModel):
         self.delay = fault_tools.delay_seconds(faults)
 
     def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
-            sink: Callable[[Dump], None] | None = None, core: int = 0) -> RunResult:
+            sink: Callable[[Dump], None] | None = None, core: int = 0,
+            should_stop: Callable[[], bool] | None = None) -> RunResult:
         if self.delay:
-            time.sleep(self.delay)
+            _busy(self.delay, should_stop)
         return self.simulator.run(inputs, dump=dump, dump_layout=dump_layout,
-                                  sink=fault_tools.wrap_sink(sink, self.faults))
+                                  sink=fault_tools.wrap_sink(sink, self.faults), should_stop=should_stop)
+
+
+def _busy(seconds: float, should_stop: Callable[[], bool] | None) -> None:
+    """The injected delay, as a slow NPU that still stops between its (10 ms) layers when asked."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if should_stop is not None and should_stop():
+            raise RunCancelled(f"run stopped during its injected {seconds * 1000:g} ms delay: its caller gave up", 0)
+        time.sleep(min(left, 0.01))
 
 
 class SimBackend(Backend):
