@@ -3,5 +3,5 @@
 Imports only grpcio, protobuf, numpy and qverify's own runtime parts: boards install
 nothing else (a test checks ``sys.modules`` of a running agent).
 """
-PROTOCOL_VERSION = "1.0"
+PROTOCOL_VERSION = "1.1"
 DEFAULT_PORT = 7060

@@ -166,7 +166,29 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             return pb.PushModelReply(sha256=first.sha256, size_bytes=first.total_bytes)
 
     # ---- runs -------------------------------------------------------------------------
-    def _decode_inputs(self, model, tensors) -> dict[str, np.ndarray]:
+    def _decode_feeds(self, model, tensors) -> dict[str, np.ndarray]:
+        """An isolated run's feeds: program tensors in their logical layout (as valid dumps carry them)."""
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in tensors:
+            want = model.program.tensors.get(tensor.name)
+            if want is None:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"feed '{tensor.name}' is not a tensor of the model; see 'qverify info'")
+            if tensor.name in feeds:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"feed '{tensor.name}' given twice")
+            try:
+                array = from_wire(tensor)
+            except TensorError as exc:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc}; feed '{tensor.name}' expects "
+                            f"{want.dtype}{list(want.shape)}")
+            if array.dtype != want.dtype or tuple(array.shape) != want.shape:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"feed '{tensor.name}' expects {want.dtype}{list(want.shape)} (logical layout), got "
+                            f"{dtype_name(tensor.dtype)}{list(tensor.shape)}")
+            feeds[tensor.name] = array
+        return feeds
+
+    def _decode_inputs(self, model, tensors, require_all: bool = True) -> dict[str, np.ndarray]:
         total = sum(len(t.data) for t in tensors)
         if total > self.config.max_input_bytes:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -194,7 +216,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                               f"{dtype_name(tensor.dtype)}{list(tensor.shape)}")
             inputs[tensor.name] = array
         missing = [name for name in expected if name not in inputs]
-        if missing:
+        if missing and require_all:
             want = expected[missing[0]]
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"missing input '{missing[0]}' ({want.dtype}{list(feed_shape(want))})")
@@ -214,7 +236,11 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             store_mod.validate_id(request.model_sha256)
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
-                inputs = self._decode_inputs(model, request.inputs)
+                if request.isolate and "isolate" not in self.backend_info.capabilities:
+                    raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"backend '{self.backend_info.name}' cannot run layers in isolation; the client cuts "
+                                "the model into pieces instead (update qverify on the host)")
+                inputs = self._decode_inputs(model, request.inputs, require_all=not request.isolate)
                 dump = self._dump_selection(request, model)
                 layout = {pb.LAYOUT_VALID: "valid", pb.LAYOUT_ALIGNED: "aligned", pb.LAYOUT_BOTH: "both"}.get(
                     request.dump_layout, "valid")
@@ -242,7 +268,18 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         frame_us: list[float] = []
         layer_us: list[list[float]] = []
         last = None
-        for index in range(request.warmup + frames):
+        if request.isolate:  # one pass over the layers, each group on the fed tensors
+            feeds = self._decode_feeds(model, request.feeds)
+            groups = [(g.first, g.last) for g in request.groups]
+
+            def run_once(sink, should_stop):
+                return model.run_isolated(inputs, feeds, groups, dump=dump, dump_layout=layout, sink=sink, core=core,
+                                          should_stop=should_stop)
+            frames, dump = 1, dump or []
+        else:
+            def run_once(sink, should_stop):
+                return model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core, should_stop=should_stop)
+        for index in range(0 if request.isolate else request.warmup + frames):
             if not context.is_active():
                 raise _Cancelled()
             final = index == request.warmup + frames - 1
@@ -259,10 +296,10 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])
             last = result
         if dump is not None:
-            last = yield from self._run_streaming(model, inputs, dump, layout, chunk, core, context, request,
-                                                  frame_us, layer_us)
+            last = yield from self._run_streaming(model, run_once, chunk, context, request, frame_us, layer_us)
         for tensor in model.program.outputs:
-            yield pb.RunReply(output=to_wire(tensor.name, last.outputs[tensor.name]))
+            if tensor.name in last.outputs:  # an isolated run has the outputs of the layers that ran
+                yield pb.RunReply(output=to_wire(tensor.name, last.outputs[tensor.name]))
         layers = []
         for i, layer in enumerate(last.layers):
             layers.append(pb.LayerTiming(node=layer.node, op=layer.op, placement=layer.placement,
@@ -271,7 +308,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         yield pb.RunReply(timing=pb.Timing(model=distribution(frame_us), layers=layers, queue_wait_us=waited * 1e6,
                                            frame_us=frame_us, core=core))
 
-    def _run_streaming(self, model, inputs, dump, layout, chunk, core, context, request, frame_us, layer_us):
+    def _run_streaming(self, model, run_once, chunk, context, request, frame_us, layer_us):
         """Run the last frame in a worker thread, streaming dumps through a bounded queue."""
         messages: queue.Queue = queue.Queue(maxsize=8)
         cancelled = threading.Event()
@@ -317,7 +354,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                     dtype=PROTO_DTYPES[array.dtype], shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
                     aligned_strides=list(d.aligned_strides), aligned_layout=d.aligned_layout,
                     scale=d.tensor.scale, zero_point=d.tensor.zero_point, layout=which, total_bytes=len(data),
-                    placement=placement.get(d.producer, ""))
+                    placement=placement.get(d.producer, ""), isolated=request.isolate)
                 if len(data) <= chunk:
                     if batch_bytes[0] + len(data) > chunk:
                         flush()
@@ -334,8 +371,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         def work() -> None:
             try:
                 t0 = time.perf_counter()
-                result = model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core,
-                                   should_stop=lambda: cancelled.is_set() or not context.is_active())
+                result = run_once(sink, lambda: cancelled.is_set() or not context.is_active())
                 flush()
                 frame_us.append((time.perf_counter() - t0) * 1e6)
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])

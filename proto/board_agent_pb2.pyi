@@ -176,7 +176,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_model_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("model_sha256", "inputs", "dump", "dump_names", "dump_layout", "dump_values", "frames", "warmup", "core", "chunk_bytes")
+    __slots__ = ("model_sha256", "inputs", "dump", "dump_names", "dump_layout", "dump_values", "frames", "warmup", "core", "chunk_bytes", "isolate", "feeds", "groups")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     DUMP_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,9 @@ class RunRequest(_message.Message):
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     CORE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ISOLATE_FIELD_NUMBER: _ClassVar[int]
+    FEEDS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     dump: DumpMode
@@ -197,10 +200,21 @@ class RunRequest(_message.Message):
     warmup: int
     core: int
     chunk_bytes: int
-    def __init__(self, model_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., dump: _Optional[_Union[DumpMode, str]] = ..., dump_names: _Optional[_Iterable[str]] = ..., dump_layout: _Optional[_Union[DumpLayout, str]] = ..., dump_values: _Optional[_Union[DumpValues, str]] = ..., frames: _Optional[int] = ..., warmup: _Optional[int] = ..., core: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    isolate: bool
+    feeds: _containers.RepeatedCompositeFieldContainer[Tensor]
+    groups: _containers.RepeatedCompositeFieldContainer[NodeGroup]
+    def __init__(self, model_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., dump: _Optional[_Union[DumpMode, str]] = ..., dump_names: _Optional[_Iterable[str]] = ..., dump_layout: _Optional[_Union[DumpLayout, str]] = ..., dump_values: _Optional[_Union[DumpValues, str]] = ..., frames: _Optional[int] = ..., warmup: _Optional[int] = ..., core: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., isolate: _Optional[bool] = ..., feeds: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[NodeGroup, _Mapping]]] = ...) -> None: ...
+
+class NodeGroup(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: str
+    last: str
+    def __init__(self, first: _Optional[str] = ..., last: _Optional[str] = ...) -> None: ...
 
 class DumpHeader(_message.Message):
-    __slots__ = ("index", "name", "producer", "onnx_float_name", "dtype", "shape", "aligned_shape", "aligned_strides", "aligned_layout", "scale", "zero_point", "layout", "total_bytes", "placement", "data")
+    __slots__ = ("index", "name", "producer", "onnx_float_name", "dtype", "shape", "aligned_shape", "aligned_strides", "aligned_layout", "scale", "zero_point", "layout", "total_bytes", "placement", "data", "isolated")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +230,7 @@ class DumpHeader(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    ISOLATED_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     producer: str
@@ -231,7 +246,8 @@ class DumpHeader(_message.Message):
     total_bytes: int
     placement: str
     data: bytes
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., producer: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., dtype: _Optional[_Union[_model_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., aligned_layout: _Optional[str] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., layout: _Optional[str] = ..., total_bytes: _Optional[int] = ..., placement: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    isolated: bool
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., producer: _Optional[str] = ..., onnx_float_name: _Optional[str] = ..., dtype: _Optional[_Union[_model_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., aligned_shape: _Optional[_Iterable[int]] = ..., aligned_strides: _Optional[_Iterable[int]] = ..., aligned_layout: _Optional[str] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., layout: _Optional[str] = ..., total_bytes: _Optional[int] = ..., placement: _Optional[str] = ..., data: _Optional[bytes] = ..., isolated: _Optional[bool] = ...) -> None: ...
 
 class DumpBatch(_message.Message):
     __slots__ = ("dumps",)

@@ -27,8 +27,11 @@ if _version_not_supported:
 
 class BoardAgentStub:
     """The agent's tools for a client: model store, runs with dumps and timing, perf.
-    Protocol version "1.0" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
+    Protocol version "1.1" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
     clients or agents bumps the major part, and clients refuse a different major.
+    1.1 added isolated runs (RunRequest.isolate, feeds, groups; DumpHeader.isolated),
+    offered by agents whose capabilities list "isolate". A 1.0 agent ignores those fields
+    and runs the whole network, so a client checks the capability before asking.
     """
 
     def __init__(self, channel):
@@ -76,8 +79,11 @@ class BoardAgentStub:
 
 class BoardAgentServicer:
     """The agent's tools for a client: model store, runs with dumps and timing, perf.
-    Protocol version "1.0" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
+    Protocol version "1.1" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
     clients or agents bumps the major part, and clients refuse a different major.
+    1.1 added isolated runs (RunRequest.isolate, feeds, groups; DumpHeader.isolated),
+    offered by agents whose capabilities list "isolate". A 1.0 agent ignores those fields
+    and runs the whole network, so a client checks the capability before asking.
     """
 
     def GetInfo(self, request, context):
@@ -177,8 +183,11 @@ def add_BoardAgentServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class BoardAgent:
     """The agent's tools for a client: model store, runs with dumps and timing, perf.
-    Protocol version "1.0" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
+    Protocol version "1.1" (qverify.agent.PROTOCOL_VERSION); a change that breaks old
     clients or agents bumps the major part, and clients refuse a different major.
+    1.1 added isolated runs (RunRequest.isolate, feeds, groups; DumpHeader.isolated),
+    offered by agents whose capabilities list "isolate". A 1.0 agent ignores those fields
+    and runs the whole network, so a client checks the capability before asking.
     """
 
     @staticmethod

@@ -208,6 +208,82 @@ class Simulator:
                 env.pop(name, None)
         result.seconds = time.perf_counter() - started
 
+    def node_groups(self, groups: list[tuple[str, str]] | None) -> list[tuple[int, int]]:
+        """Node-name ranges -> index ranges [start, end]; None or [] is every node alone.
+
+        Raises InputError for unknown names, reversed or overlapping ranges.
+        """
+        if not groups:
+            return [(i, i) for i in range(len(self.program.nodes))]
+        index = {node.name: i for i, node in enumerate(self.program.nodes)}
+        ranges = []
+        for first, last in groups:
+            for name in (first, last):
+                if name not in index:
+                    raise InputError(f"no node named '{name}' in the program; see 'qverify info'")
+            if index[last] < index[first]:
+                raise InputError(f"node group '{first}'..'{last}' is reversed: '{last}' runs before '{first}'")
+            ranges.append((index[first], index[last]))
+        ranges.sort()
+        for (_, end), (start, _) in zip(ranges, ranges[1:]):
+            if start <= end:
+                raise InputError(f"node groups overlap at node '{self.program.nodes[start].name}'; "
+                                 "give disjoint ranges")
+        return ranges
+
+    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                     groups: list[tuple[str, str]] | None = None,
+                     dump: Iterable[str] | Literal["all", "outputs"] | None = "all", dump_layout: Layout = "valid",
+                     sink: DumpSink | None = None, should_stop: Callable[[], bool] | None = None) -> RunResult:
+        """Run each node group on its own, reading what it does not compute from ``feeds``.
+
+        ``feeds`` are logical-layout arrays of program tensors (a reference's values);
+        ``inputs`` may give program inputs (board feed layout) instead. Each group's outputs
+        then measure that group alone, not the error accumulated before it. A tensor a
+        group needs that is neither fed, an input nor a constant is an InputError naming it.
+        """
+        ranges = self.node_groups(groups)
+        given = self.check_inputs(inputs) if inputs else {}
+        for name, value in feeds.items():
+            tensor = self.program.tensors.get(name)
+            if tensor is None:
+                raise InputError(f"feed '{name}' is not a tensor of the program; see 'qverify info'")
+            if value.dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
+                raise InputError(f"feed '{name}' must be {tensor.dtype}{list(tensor.shape)} (logical layout), "
+                                 f"got {value.dtype}{list(value.shape)}")
+        wanted = self._dump_selection(dump)
+        result = RunResult(outputs={})
+        started = time.perf_counter()
+        with fixedpoint.rounding(self.program.target.rounding):
+            for start, end in ranges:
+                env: dict[str, np.ndarray] = {}
+                for index in range(start, end + 1):
+                    node, kernel = self.program.nodes[index], self._kernels[index]
+                    if should_stop is not None and should_stop():
+                        raise RunCancelled(f"isolated run stopped before layer '{node.name}': its caller gave up",
+                                           len(result.layers))
+                    args = [self._isolated_input(name, env, feeds, given, node) if name else None
+                            for name in node.inputs]
+                    stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
+                    t0 = time.perf_counter()
+                    outputs = kernel(node, args, stats)
+                    stats.seconds = time.perf_counter() - t0
+                    result.layers.append(stats)
+                    for name, value in zip(node.outputs, outputs):
+                        env[name] = value
+                        if sink is not None and name in wanted:
+                            sink(self._make_dump(self.program.tensors[name], node.name, value, dump_layout))
+                result.outputs.update({t.name: env[t.name] for t in self.program.outputs if t.name in env})
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _isolated_input(self, name: str, env: dict, feeds: dict, given: dict, node: NodeView) -> np.ndarray:
+        for source in (env, feeds, given, self.program.constants):
+            if name in source:
+                return source[name]
+        raise InputError(f"node '{node.name}' ({node.op}) reads '{name}', which is neither fed nor computed in its "
+                         "group; feed it, or put the node that writes it in the same group")
+
     def _dump_selection(self, dump) -> set[str]:
         if dump is None:
             return set()

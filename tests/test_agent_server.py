@@ -209,7 +209,7 @@ def test_health_and_reflection(main_agent, client):
 
 def test_get_info(main_agent, client):
     info = client.info()
-    assert info.protocol_version == "1.0"
+    assert info.protocol_version == "1.1"
     assert info.agent_version == qverify.__version__
     assert info.backend == "sim" and info.runtime_version.startswith("qverify-sim")
     assert info.target.name == "sim-a16" and info.target.c_align == 16

@@ -43,6 +43,17 @@ class LoadedModel(abc.ABC):
         ``qverify.simulator.executor.RunCancelled``, so the core is free for the next run.
         """
 
+    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                     groups: list[tuple[str, str]], dump: object = "all", dump_layout: str = "valid",
+                     sink: Callable[[Dump], None] | None = None, core: int = 0,
+                     should_stop: Callable[[], bool] | None = None) -> RunResult:
+        """Run each node group alone on fed tensors (capability "isolate"); see RunRequest.isolate.
+
+        A backend that cannot leaves this out and does not list "isolate": the client then
+        cuts the model into pieces it can run whole.
+        """
+        raise BackendError("this backend cannot run layers in isolation")
+
 
 class Backend(abc.ABC):
     """Loads and runs compiled models. Use as a context manager."""

@@ -35,6 +35,16 @@ class SimModel(LoadedModel):
                                   sink=fault_tools.wrap_sink(sink, self.faults), should_stop=should_stop)
 
 
+    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                     groups: list[tuple[str, str]], dump: object = "all", dump_layout: str = "valid",
+                     sink: Callable[[Dump], None] | None = None, core: int = 0,
+                     should_stop: Callable[[], bool] | None = None) -> RunResult:
+        if self.delay:
+            _busy(self.delay, should_stop)
+        return self.simulator.run_isolated(inputs, feeds, groups, dump=dump, dump_layout=dump_layout,
+                                           sink=fault_tools.wrap_sink(sink, self.faults), should_stop=should_stop)
+
+
 def _busy(seconds: float, should_stop: Callable[[], bool] | None) -> None:
     """The injected delay, as a slow NPU that still stops between its (10 ms) layers when asked."""
     end = time.monotonic() + seconds
@@ -63,7 +73,7 @@ class SimBackend(Backend):
     def info(self) -> BackendInfo:
         return BackendInfo(name="sim", runtime_version=f"qverify-sim {qverify.__version__} "
                            f"(numpy {np.__version__}, {platform.machine()})", npu_cores=self.npu_cores,
-                           capabilities=["dump", "aligned_dump", "perf", "push", "layer_timing"]
+                           capabilities=["dump", "aligned_dump", "perf", "push", "layer_timing", "isolate"]
                            + (["faults"] if self.faults else []))
 
     def load(self, path: Path, sha256: str) -> SimModel:
