@@ -8,6 +8,13 @@ the emulated board misbehave in the ways real boards do:
 * ``padding:LAYER``  aligned dumps of LAYER (or ``all``) get wrong padding bytes (0x55)
 * ``delay:MS``       every run takes MS milliseconds longer
 * ``crash:LAYER``    the agent process dies when LAYER runs (an NPU hang/crash)
+* ``stale:outputs``  from a loaded model's second run on, every run returns the output arrays
+  of its first run, while dumps stay fresh (an output buffer that is never refreshed)
+* ``dumponly:LAYER`` LAYER's output is one LSB off at every 5th element unless the run
+  dumps (a board that is right only while dumping, as marking every tensor as an output
+  can change a runtime's results)
+* ``nondeterministic:LAYER`` every other run of a loaded model adds one LSB to every 7th
+  element of LAYER's output (a race, an uninitialised buffer)
 
 LAYER is a node name or the name of the tensor it writes (see ``qverify info``).
 """
@@ -15,14 +22,17 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from qverify.simulator.executor import Dump, Simulator
+from qverify.simulator.executor import Dump, RunResult, Simulator
 
-KINDS = ("bitflip", "lsb", "padding", "delay", "crash")
+KINDS = ("bitflip", "lsb", "padding", "delay", "crash", "stale", "dumponly", "nondeterministic")
+LAYER_KINDS = ("bitflip", "lsb", "crash", "dumponly", "nondeterministic")  # installed as kernel interceptors
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ def parse_fault(text: str) -> Fault:
                 raise ValueError
         except ValueError:
             raise ValueError(f"--fault delay:{target}: give milliseconds, e.g. delay:50") from None
+    if kind == "stale" and target != "outputs":
+        raise ValueError(f"--fault stale:{target}: the only target is outputs (stale:outputs)")
     return Fault(kind, target)
 
 
@@ -60,19 +72,53 @@ def _flip_bits(kernel: Callable) -> Callable:
     return broken
 
 
+def _add_one_lsb(out: np.ndarray, step: int) -> np.ndarray:
+    """A copy of ``out`` with one LSB added to every ``step``-th element."""
+    out = out.copy()
+    flat = out.reshape(-1)
+    if out.dtype == np.int8:
+        changed = flat[::step].astype(np.int16) + 1
+        # Where +1 saturates, go the other way so the element still changes.
+        changed[changed > 127] = 126
+        flat[::step] = changed.astype(np.int8)
+    else:
+        flat[::step] += 1
+    return out
+
+
 def _one_lsb(kernel: Callable) -> Callable:
     def broken(node, inputs, stats):
         outputs = kernel(node, inputs, stats)
-        out = outputs[0].copy()
-        flat = out.reshape(-1)
-        if out.dtype == np.int8:
-            flat[::5] = np.minimum(flat[::5].astype(np.int16) + 1, 127).astype(np.int8)
-            # Where +1 saturates, go the other way so the element still changes.
-            top = flat[::5] == 127
-            flat[::5][top] = 126
-        else:
-            flat[::5] += 1
-        return [out, *outputs[1:]]
+        return [_add_one_lsb(outputs[0], 5), *outputs[1:]]
+    return broken
+
+
+# The run in progress on this thread: (number of the run for its model, whether it dumps).
+# Kernels see only (node, inputs, stats), so the run-dependent faults read it from here.
+_RUN = threading.local()
+
+
+def _current_run() -> tuple[int, bool] | None:
+    return getattr(_RUN, "run", None)
+
+
+def _dump_only(kernel: Callable) -> Callable:
+    def broken(node, inputs, stats):
+        outputs = kernel(node, inputs, stats)
+        run = _current_run()
+        if run is not None and run[1]:  # a dumping run: right
+            return outputs
+        return [_add_one_lsb(outputs[0], 5), *outputs[1:]]
+    return broken
+
+
+def _nondeterministic(kernel: Callable) -> Callable:
+    def broken(node, inputs, stats):
+        outputs = kernel(node, inputs, stats)
+        run = _current_run()
+        if run is None or run[0] % 2:  # the 1st, 3rd, ... run of the model: right
+            return outputs
+        return [_add_one_lsb(outputs[0], 7), *outputs[1:]]
     return broken
 
 
@@ -85,9 +131,11 @@ def _crash(kernel: Callable) -> Callable:
 
 def apply_to_simulator(sim: Simulator, faults: list[Fault]) -> None:
     """Install the layer faults into a simulator instance."""
+    wrappers = {"bitflip": _flip_bits, "lsb": _one_lsb, "crash": _crash, "dumponly": _dump_only,
+                "nondeterministic": _nondeterministic}
     for fault in faults:
-        if fault.kind in ("bitflip", "lsb", "crash"):
-            wrapper = {"bitflip": _flip_bits, "lsb": _one_lsb, "crash": _crash}[fault.kind]
+        if fault.kind in LAYER_KINDS:
+            wrapper = wrappers[fault.kind]
             try:
                 node = sim.node_for_tensor(fault.target)
             except Exception:
@@ -128,3 +176,42 @@ def wrap_sink(sink: Callable[[Dump], None] | None, faults: list[Fault]) -> Calla
 
 def delay_seconds(faults: list[Fault]) -> float:
     return sum(float(f.target) for f in faults if f.kind == "delay") / 1000.0
+
+
+class _ModelRuns:
+    """What the run-dependent faults remember about one loaded model."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count = 0
+        self.first_outputs: dict[str, np.ndarray] | None = None
+
+
+_MODELS: "weakref.WeakKeyDictionary[Simulator, _ModelRuns]" = weakref.WeakKeyDictionary()
+_MODELS_LOCK = threading.Lock()
+
+
+def faulty_run(sim: Simulator, faults: list[Fault], dumping: bool, run: Callable[[], RunResult]) -> RunResult:
+    """``run()`` (one run of ``sim``'s model) under the run-dependent faults: numbers the run
+    for ``nondeterministic``, tells ``dumponly`` whether it dumps, and for ``stale`` hands
+    back the first run's outputs from the second run on (the dumps went out fresh)."""
+    if not any(f.kind in ("stale", "dumponly", "nondeterministic") for f in faults):
+        return run()
+    with _MODELS_LOCK:
+        runs = _MODELS.setdefault(sim, _ModelRuns())
+    with runs.lock:
+        runs.count += 1
+        number = runs.count
+    previous = _current_run()
+    _RUN.run = (number, dumping)
+    try:
+        result = run()
+    finally:
+        _RUN.run = previous
+    if any(f.kind == "stale" for f in faults):
+        with runs.lock:
+            if runs.first_outputs is None:
+                runs.first_outputs = {name: np.array(value, copy=True) for name, value in result.outputs.items()}
+            else:
+                result.outputs = {name: np.array(value, copy=True) for name, value in runs.first_outputs.items()}
+    return result

@@ -88,7 +88,12 @@ def verify_command(
     digits: int = typer.Option(5, "-c", "--compare-digits", min=0, max=12,
                                help="values agree when |a - b| <= 10^-N (see docs/verdict.md)"),
     dump_all: bool = typer.Option(False, "-r", "--dump-all-nodes",
-                                  help="compare every intermediate tensor both sides have; name the first divergent layer"),
+                                  help="compare every intermediate tensor both sides have; name the first divergent "
+                                       "layer. The board also runs each frame without dumps, which must give the "
+                                       "same outputs"),
+    repeat: int = typer.Option(1, "--repeat", min=1, max=1000,
+                               help="run each frame N times on the board without dumps; the N outputs must be "
+                                    "bit-identical (hrt_model_exec's frame_count)"),
     ort_opt: str = typer.Option("all", "--ort-opt",
                                 help="onnxruntime's reading: all (fused integer kernels) or disabled (literal graph)"),
     port: Optional[int] = typer.Option(None, "--port", help="agent port (default 7060, or the one in -b HOST:PORT)"),
@@ -136,7 +141,7 @@ def verify_command(
                         token=token, tls_ca=tls_ca, transport=transport, ssh=ssh, run_sim=run_sim,
                         inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
                         input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
-                        faults=fault)
+                        faults=fault, repeat=repeat)
     from qverify.client import reports
 
     if json_out:

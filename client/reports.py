@@ -17,7 +17,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from qverify.client.results import ERROR, FAILED, MISMATCHED, PairResult, SideInfo, TensorResult, VerifyResult
+from qverify.client.results import (
+    ERROR, FAILED, MISMATCHED, NONDETERMINISTIC, PLAIN_VS_DUMP, RETURNED_VS_DUMPED, BoardFinding, PairResult,
+    SideInfo, TensorResult, VerifyResult,
+)
 
 __all__ = ["write_json", "write_junit", "write_html", "render_json", "render_junit", "render_html"]
 
@@ -182,10 +185,43 @@ def _count(suite: ET.Element) -> tuple[int, int, int]:
     return counts
 
 
+# The board's checks against itself: (kind, testcase name, whether the run checked it).
+_BOARD_CHECKS = (
+    (PLAIN_VS_DUMP, "plain run vs dumping run", lambda r: r.plain_run),
+    (RETURNED_VS_DUMPED, "returned outputs vs dumps", lambda r: r.plain_run),
+    (NONDETERMINISTIC, "repeated runs identical", lambda r: r.repeat > 1),
+)
+
+
+def _board_runs_suite(root: ET.Element, result: VerifyResult, props: list[tuple[str, str]]) -> ET.Element | None:
+    """A testsuite "board runs": one testcase per check of the board against itself, failing
+    with every difference found (the message names the first)."""
+    checks = [(kind, name) for kind, name, checked in _BOARD_CHECKS
+              if checked(result) or any(f.kind == kind for f in result.board_findings)]
+    if not checks:
+        return None
+    suite = ET.SubElement(root, "testsuite", name="board runs", time="0")
+    properties = ET.SubElement(suite, "properties")
+    for key, value in [*props, ("board.repeat", str(result.repeat)), ("board.plain_run", str(result.plain_run).lower()),
+                       ("board.verdict", result.board_runs_line())]:
+        ET.SubElement(properties, "property", name=_x(key), value=_x(value))
+    for kind, name in checks:
+        case = _testcase(suite, "board runs", name)
+        found = [f for f in result.board_findings if f.kind == kind]
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            ET.SubElement(case, "failure", message=_x(found[0].message + more), type=kind).text = \
+                _x("\n".join(f.message for f in found))
+    return suite
+
+
 def render_junit(result: VerifyResult) -> str:
     root = ET.Element("testsuites", name="qverify", time=f"{result.seconds:.3f}")
     props = list(_side_properties(result))
-    suites = [_pair_suite(root, p, props) for p in result.pairs]
+    suites = [_pair_suite(root, p, props) for p in result.pairs + result.plain_pairs]
+    board_runs = _board_runs_suite(root, result, props)
+    if board_runs is not None:
+        suites.append(board_runs)
     if result.latency_failure or result.tolerances.max_latency_ms is not None:
         board = next((s.label for s in result.sides if s.kind == "board"), "board")
         suite = ET.SubElement(root, "testsuite", name=_x(f"{board} latency"), time="0")
@@ -259,6 +295,10 @@ def _header(r: VerifyResult) -> str:
         fd = r.first_divergent
         parts.append(f'<p class="alert">First divergent layer: {_E(fd.producer or fd.name)} '
                      f'({_E(fd.op or "input")}) → {_E(fd.name)}</p>')
+    if r.board_findings:
+        n = len(r.board_findings)
+        parts.append(f'<p class="alert">The board differs from itself: {n} difference{"s" if n != 1 else ""} '
+                     f'(<a href="#board-runs">board runs</a>)</p>')
     parts += ["<h3>Sides</h3>", _sides_table(r.sides), "<h3>Inputs</h3>",
               _table(["input", "ONNX input", "source", "board", "ONNX shape", "frame"],
                      [_row([_E(i.name), _E(i.onnx_name), _E(i.source),
@@ -270,7 +310,35 @@ def _header(r: VerifyResult) -> str:
                             "—" if tol.max_latency_ms is None else f"{_num(tol.max_latency_ms)} ms"])])]
     if r.notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_E(n)}</li>" for n in r.notes) + "</ul>")
+    if r.board_runs_checked or r.board_findings:
+        parts.append(_board_runs_section(r))
     return "\n".join(parts)
+
+
+def _finding_row(f: BoardFinding) -> str:
+    return _row([_E(f.kind), str(f.frame), str(f.repeat) if f.kind == NONDETERMINISTIC else "—",
+                 f'<span class="name">{_E(f.tensor)}</span>', f"{f.elements} of {f.total}",
+                 "—" if f.max_lsb is None else str(f.max_lsb), _num(f.max_abs_diff), _E(f.message)], cls="fail")
+
+
+def _board_runs_section(r: VerifyResult) -> str:
+    """What the board's runs were compared with (plain vs dumping run, repeats) and every difference."""
+    checks = []
+    if r.plain_run:
+        checks.append("every frame also ran without dumps (a plain run): its outputs must equal the dumping "
+                      "run's, and the outputs a dumping run returns must equal its dumps")
+    if r.repeat > 1:
+        checks.append(f"every frame ran {r.repeat} times without dumps: the outputs must be identical")
+    line = r.board_runs_line()
+    status = "FAILED" if r.board_findings else "PASSED"
+    parts = [f'<h3 id="board-runs">Board runs <span class="badge {status}">{status}</span></h3>',
+             f"<p>{_E('; '.join(checks))} (bit for bit).</p>" if checks else "",
+             f'<p class="verdict">{_E(line)}</p>' if line else ""]
+    if r.board_findings:
+        parts.append('<div class="scroll">' + _table(
+            ["check", "frame", "repeat", "tensor", "elements differing", "max LSB", "max |diff|", "finding"],
+            [_finding_row(f) for f in r.board_findings]) + "</div>")
+    return "\n".join(p for p in parts if p)
 
 
 def _y(value: float) -> float:
@@ -351,7 +419,7 @@ def _pair_section(p: PairResult, k: int) -> str:
 
 def render_html(result: VerifyResult) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
-    body = "\n".join([_header(result), *(_pair_section(p, k) for k, p in enumerate(result.pairs))])
+    body = "\n".join([_header(result), *(_pair_section(p, k) for k, p in enumerate(result.pairs + result.plain_pairs))])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>qverify report: {verdict}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

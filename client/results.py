@@ -5,6 +5,10 @@ same inputs (``quant.onnx`` in onnxruntime, the ``board``, the host ``simulator`
 :class:`PairResult` per pair of sides, each with a :class:`TensorResult` per compared
 tensor (the model outputs, and with ``-r`` every intermediate tensor both sides have).
 
+Besides the pairs, the board's own runs are checked against each other (``-r``, ``--repeat``):
+a board must give the same outputs with and without dumps, and for the same input every
+time. Each difference is a :class:`BoardFinding`.
+
 ``to_dict()`` gives the JSON report (schema: docs/report-schema.md); the JUnit and HTML
 writers in :mod:`qverify.client.reports` read the same objects.
 """
@@ -104,6 +108,39 @@ class PairResult:
         return f"{head}: {outputs}{layers}, {how}{where}: {self.status}"
 
 
+PLAIN_VS_DUMP, RETURNED_VS_DUMPED, NONDETERMINISTIC = "plain_vs_dump", "returned_vs_dumped", "nondeterministic"
+PLAIN_LABEL = "board (plain run)"  # the board's plain runs (no dumps) as a side of the plain pairs (-r)
+
+
+@dataclass
+class BoardFinding:
+    """The board gave two different answers for the same input in one frame (bit for bit)."""
+    kind: Literal["plain_vs_dump", "returned_vs_dumped", "nondeterministic"]
+    frame: int  # 0-based, as InputInfo.frame
+    tensor: str  # the program output that differs
+    elements: int  # elements that differ
+    total: int  # elements compared
+    max_lsb: int | None  # largest difference in LSB; None for float tensors
+    max_abs_diff: float  # largest difference in the tensor's real units
+    repeat: int = 0  # nondeterministic: the plain run (0-based) that differs from run 0
+    message: str = ""  # the finding as one sentence
+
+    @staticmethod
+    def describe(kind: str, frame: int, tensor: str, elements: int, total: int, max_lsb: int | None,
+                 max_abs_diff: float, repeat: int = 0, detail: str = "") -> str:
+        size = detail or (f"{elements} of {total} elements, max "
+                          + (f"{max_lsb} LSB (|d| {max_abs_diff:.4g})" if max_lsb is not None
+                             else f"|d| {max_abs_diff:.4g}"))
+        if kind == PLAIN_VS_DUMP:
+            return (f"board outputs differ between a plain run and a dumping run: frame {frame}, tensor {tensor}, "
+                    f"{size} — the board is only right while dumping, or returns a stale output buffer")
+        if kind == RETURNED_VS_DUMPED:
+            return (f"the outputs a dumping run returned differ from its own dumps of them: frame {frame}, "
+                    f"tensor {tensor}, {size} — a stale output buffer")
+        return (f"non-deterministic board: frame {frame}, repeat {repeat} differs from repeat 0, tensor {tensor}, "
+                f"{size}")
+
+
 @dataclass
 class InputInfo:
     name: str  # program input
@@ -137,10 +174,44 @@ class VerifyResult:
     latency_failure: str = ""  # set when the board exceeded --max-latency
     seconds: float = 0.0
     qverify_version: str = __version__
+    repeat: int = 1  # plain runs per frame on the board, compared bit for bit (--repeat)
+    plain_run: bool = False  # with -r, every frame also ran on the board without dumps
+    plain_pairs: list[PairResult] = field(default_factory=list)  # that plain run vs the references (outputs)
+    board_findings: list[BoardFinding] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A report read back from JSON (farm pages) holds plain dicts: make them objects again.
+        self.board_findings = [_finding_from_dict(f) if isinstance(f, dict) else f for f in self.board_findings]
+        self.plain_pairs = [_pair_from_dict(p) if isinstance(p, dict) else p for p in self.plain_pairs]
 
     @property
     def passed(self) -> bool:
-        return bool(self.pairs) and all(p.passed for p in self.pairs) and not self.latency_failure
+        return (bool(self.pairs) and all(p.passed for p in self.pairs + self.plain_pairs)
+                and not self.latency_failure and not self.board_findings)
+
+    @property
+    def board_runs_checked(self) -> bool:
+        """Whether the board's runs were compared with each other (-r, --repeat > 1)."""
+        return self.plain_run or self.repeat > 1
+
+    def board_runs_line(self) -> str:
+        """``board runs: plain and dumping runs identical, 3 repeats identical (2 frames, bit for bit): PASSED``;
+        ``""`` when nothing was checked."""
+        if not self.board_runs_checked:
+            return ""
+        if self.board_findings:
+            names = {PLAIN_VS_DUMP: "plain vs dumping run", RETURNED_VS_DUMPED: "returned outputs vs dumps",
+                     NONDETERMINISTIC: "non-deterministic"}
+            counts = {}
+            for f in self.board_findings:
+                counts[names.get(f.kind, f.kind)] = counts.get(names.get(f.kind, f.kind), 0) + 1
+            n = len(self.board_findings)
+            return (f"board runs: {n} difference{'s' if n != 1 else ''} "
+                    f"({', '.join(f'{k}: {v}' for k, v in counts.items())}): FAILED")
+        checks = (["plain and dumping runs identical"] if self.plain_run else []) + (
+            [f"{self.repeat} repeats identical"] if self.repeat > 1 else [])
+        return f"board runs: {', '.join(checks)} ({self.frames} frame{'s' if self.frames != 1 else ''}, " \
+               "bit for bit): PASSED"
 
     @property
     def exit_code(self) -> int:
@@ -161,6 +232,15 @@ class VerifyResult:
         def tensor(t: TensorResult) -> dict[str, Any]:
             return asdict(t)
 
+        def pair(p: PairResult) -> dict[str, Any]:
+            return {
+                "a": p.a, "b": p.b, "criterion": p.criterion, "status": p.status, "passed": p.passed,
+                "message": p.message, "verdict": p.verdict_line(), "digits": p.digits,
+                "first_divergent": tensor(p.first_divergent) if p.first_divergent else None,
+                "outputs": [tensor(t) for t in p.outputs],
+                "layers": [tensor(t) for t in p.layers],
+            }
+
         return {
             "schema": f"qverify.verify/{SCHEMA_VERSION}",
             "qverify_version": self.qverify_version,
@@ -175,11 +255,37 @@ class VerifyResult:
             "notes": list(self.notes),
             "latency_failure": self.latency_failure,
             "first_divergent": tensor(self.first_divergent) if self.first_divergent else None,
-            "pairs": [{
-                "a": p.a, "b": p.b, "criterion": p.criterion, "status": p.status, "passed": p.passed,
-                "message": p.message, "verdict": p.verdict_line(), "digits": p.digits,
-                "first_divergent": tensor(p.first_divergent) if p.first_divergent else None,
-                "outputs": [tensor(t) for t in p.outputs],
-                "layers": [tensor(t) for t in p.layers],
-            } for p in self.pairs],
+            "pairs": [pair(p) for p in self.pairs],
+            "repeat": self.repeat,
+            "plain_run": self.plain_run,
+            "plain_pairs": [pair(p) for p in self.plain_pairs],
+            "board_findings": [asdict(f) for f in self.board_findings],
         }
+
+
+_FINDING_KEYS = {"kind", "frame", "tensor", "elements", "total", "max_lsb", "max_abs_diff", "repeat", "message"}
+
+
+def _finding_from_dict(data: dict[str, Any]) -> BoardFinding:
+    known = {k: v for k, v in data.items() if k in _FINDING_KEYS}
+    if known.get("max_abs_diff") is None:  # JSON null = a non-finite figure
+        known["max_abs_diff"] = float("nan")
+    return BoardFinding(**known)
+
+
+def _tensor_from_dict(data: dict[str, Any] | None) -> TensorResult | None:
+    if data is None:
+        return None
+    known = {k: v for k, v in data.items() if k in TensorResult.__dataclass_fields__}
+    for key in ("max_abs_diff", "cosine"):  # JSON null = a non-finite figure
+        if known.get(key) is None:
+            known[key] = float("nan")
+    return TensorResult(**known)
+
+
+def _pair_from_dict(data: dict[str, Any]) -> PairResult:
+    known = {k: v for k, v in data.items()
+             if k in PairResult.__dataclass_fields__ and k not in ("outputs", "layers", "first_divergent")}
+    return PairResult(**known, outputs=[_tensor_from_dict(t) for t in data.get("outputs", [])],
+                      layers=[_tensor_from_dict(t) for t in data.get("layers", [])],
+                      first_divergent=_tensor_from_dict(data.get("first_divergent")))

@@ -49,6 +49,10 @@ class SideOutput:
     tensors: dict[str, Observed] = field(default_factory=dict)  # program tensor name -> value
     seconds: float = 0.0
     frame_us: list[float] = field(default_factory=list)  # board's own timing (board side)
+    # Board side: the outputs as the board returned them, and the tensors whose value in
+    # ``tensors`` came from a dump (with -r an output's dump is what the pairs compare).
+    returned: dict[str, Observed] = field(default_factory=dict)
+    dumped: set[str] = field(default_factory=set)
 
 
 class SideError(Exception):
@@ -271,9 +275,11 @@ class BoardSide:
             observed = observe_integer(tensor, valid, aligned)
             observed.layout_problem = check_aligned(tensor, aligned, valid, self.program.target)
             out.tensors[name] = observed
+            out.dumped.add(name)
         for name, value in outcome.outputs.items():
-            if name in tensors and name not in out.tensors:
-                out.tensors[name] = observe_integer(tensors[name], value)
+            if name in tensors:
+                out.returned[name] = observe_integer(tensors[name], value)
+                out.tensors.setdefault(name, out.returned[name])
         if outcome.timing is not None:
             out.frame_us = list(outcome.timing.frame_us)
         return out

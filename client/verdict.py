@@ -18,6 +18,11 @@ Two kinds of pairs:
 
 Comparison functions are pluggable: :data:`CRITERIA` maps a criterion name to the function
 that judges one tensor.
+
+The board is also compared with itself (:class:`BoardRunChecker`): for one input, its plain
+run (no dumps) and its dumping run (``-r``) must give the same outputs, the outputs a
+dumping run returns must be its own dumps of them, and ``--repeat N`` plain runs must be
+identical — bit for bit, since a board runs a pure function of (program, inputs).
 """
 from __future__ import annotations
 
@@ -25,7 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from qverify.client.results import FAILED, PASSED, PairResult, TensorResult, Tolerances
+from qverify.client.results import (
+    FAILED, NONDETERMINISTIC, PASSED, PLAIN_VS_DUMP, RETURNED_VS_DUMPED, BoardFinding, PairResult, TensorResult,
+    Tolerances,
+)
 from qverify.client.sides import Observed, SideOutput
 from qverify.simulator.program import Program
 
@@ -237,3 +245,66 @@ class PairComparer:
         else:
             pair.status = FAILED if failing else PASSED
         return pair
+
+
+# ----------------------------------------------------------------------------- the board vs itself
+
+
+def run_difference(a: Observed | None, b: Observed | None, tensor) -> tuple[int, int, int | None, float, str] | None:
+    """How two runs' copies of one tensor differ, bit for bit: ``None`` when identical, else
+    (elements that differ, elements, max LSB or None for a float tensor, max |d|, detail)."""
+    if a is None or b is None:
+        return 0, 0, None, float("nan"), "missing from one of the runs"
+    if tensor.quantized and a.codes is not None and b.codes is not None:
+        ca, cb = a.codes.ravel(), b.codes.ravel()
+        if ca.shape != cb.shape:
+            return max(ca.size, cb.size), max(ca.size, cb.size), None, float("nan"), \
+                f"{ca.size} vs {cb.size} elements"
+        if np.array_equal(ca, cb):
+            return None
+        d = np.abs(np.subtract(ca, cb, dtype=np.int16))
+        lsb = int(d.max())
+        return int(np.count_nonzero(d)), int(ca.size), lsb, float(lsb * tensor.scale), ""
+    va = np.ascontiguousarray(a.values, dtype=np.float64).ravel()
+    vb = np.ascontiguousarray(b.values, dtype=np.float64).ravel()
+    if va.shape != vb.shape:
+        return max(va.size, vb.size), max(va.size, vb.size), None, float("nan"), f"{va.size} vs {vb.size} elements"
+    differ = va.view(np.uint64) != vb.view(np.uint64)  # bit for bit: -0.0 is not 0.0, NaN payloads count
+    count = int(np.count_nonzero(differ))
+    if not count:
+        return None
+    diff = np.abs(va[differ] - vb[differ])
+    largest = float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan")
+    return count, int(va.size), None, largest, ""
+
+
+class BoardRunChecker:
+    """Compares the board's runs of each frame with each other, bit for bit; collects findings."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.outputs = [t.name for t in program.outputs]
+        self.findings: list[BoardFinding] = []
+
+    def _check(self, kind: str, frame: int, a: Observed | None, b: Observed | None, name: str,
+               repeat: int = 0) -> None:
+        difference = run_difference(a, b, self.program.tensors[name])
+        if difference is None:
+            return
+        elements, total, max_lsb, max_abs, detail = difference
+        message = BoardFinding.describe(kind, frame, name, elements, total, max_lsb, max_abs, repeat, detail)
+        self.findings.append(BoardFinding(kind, frame, name, elements, total, max_lsb, max_abs, repeat, message))
+
+    def add_frame(self, frame: int, dumping: SideOutput | None, plains: list[SideOutput]) -> None:
+        """``dumping``: the run that sent dumps (None if there was none); ``plains``: the runs without
+        dumps, in order. Outputs are compared as the board returned them, except that a dumping
+        run's outputs are the values the pairs checked (its dumps, with -r)."""
+        for name in self.outputs:
+            if dumping is not None:
+                if plains:
+                    self._check(PLAIN_VS_DUMP, frame, plains[0].returned.get(name), dumping.tensors.get(name), name)
+                if name in dumping.dumped:
+                    self._check(RETURNED_VS_DUMPED, frame, dumping.returned.get(name), dumping.tensors.get(name), name)
+            for repeat, plain in enumerate(plains[1:], start=1):
+                self._check(NONDETERMINISTIC, frame, plains[0].returned.get(name), plain.returned.get(name), name,
+                            repeat)

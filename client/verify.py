@@ -14,6 +14,11 @@ Which sides run is decided by the models given (recognised by content):
 ``quant.onnx`` with -s    quant.onnx vs simulator (compiled in memory)
 ========================  ==========================================================
 
+The board is also compared with itself: with ``dump_all`` every frame also runs on the board
+without dumps (a plain run), compared with the references and bit for bit with the dumping
+run; ``repeat=N`` runs every frame N times without dumps, and the N outputs must be
+bit-identical. A difference is a :class:`~qverify.client.results.BoardFinding`.
+
 Without ``board`` an embedded emulated board runs in this process. Infrastructure failures
 raise (:class:`~qverify.client.agent_client.AgentError`, :class:`~qverify.client.ssh.SshError`);
 bad files raise :class:`~qverify.client.modelfiles.ModelFileError` or
@@ -35,10 +40,10 @@ from qverify.client.agent_client import AgentError, BoardUnreachable
 from qverify.client.boards import BoardOptions, ensure_model, open_board, parse_board
 from qverify.client.modelfiles import ModelFileError, classify, load_onnx, pairing_problem
 from qverify.client.results import (
-    FAILED, MISMATCHED, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
+    FAILED, MISMATCHED, PLAIN_LABEL, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
-from qverify.client.verdict import PairComparer, lookup_anchors, tensor_order
+from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors, tensor_order
 
 Progress = Callable[[str], None]
 DIED_MID_RUN = "the board stopped answering during the run"
@@ -64,6 +69,16 @@ class VerifyOptions:
     timeout: float = 300.0
     faults: Sequence[str] = ()  # embedded board only: --fault injections (tests, demos)
     host_cache: HostCache | None = None  # share onnxruntime/simulator results across boards (farm runs)
+    repeat: int = 1  # plain runs of every frame on the board, compared bit for bit (hrt_model_exec's frame_count)
+
+
+@dataclass
+class BoardRuns:
+    """The board's runs of one frame: the one the pairs compare, then those without dumps."""
+    main: SideOutput
+    main_dumps: bool  # the main run sent dumps (-r, or a lookup table's input)
+    plains: list[SideOutput] = field(default_factory=list)
+    failure: AgentError | None = None  # a plain run failed after the main run succeeded
 
 
 def verify(models: Sequence[str | Path] | str, board: str | None = None, *, progress: Progress | None = None,
@@ -82,7 +97,9 @@ class Verification:
         self.o = options
         self.say = progress
         self.push_progress = push_progress
-        self.result = VerifyResult(tolerances=options.tolerances, dump_all=options.dump_all)
+        if options.repeat < 1:
+            raise ValueError(f"repeat must be 1 or more, not {options.repeat}")
+        self.result = VerifyResult(tolerances=options.tolerances, dump_all=options.dump_all, repeat=options.repeat)
         self._death_layer: dict = {}  # side label -> the tensor it never delivered (crash during -r)
 
     # ------------------------------------------------------------------ planning
@@ -127,6 +144,10 @@ class Verification:
                                                status=MISMATCHED, message=f"do not belong together: {problem}"))
                 result.seconds = time.perf_counter() - start
                 return result
+        if not with_board and self.o.repeat > 1:
+            result.notes.append("--repeat runs a board several times; without a board side it does nothing")
+            result.repeat = 1  # nothing was repeated
+        result.plain_run = bool(with_board and self.o.dump_all)
         ports = inputs_mod.ports_from_program(program)
         frames = inputs_mod.build_frames(ports, list(self.o.inputs), self.o.seed)
         result.frames = len(frames)
@@ -174,33 +195,65 @@ class Verification:
             "push_seconds": round(push.seconds, 4), "faults": list(info.faults)}))
         return BoardSide(client, push.sha256, program)
 
+    def _plain_run_count(self, extra: frozenset[str]) -> int:
+        """Plain runs (no dumps) besides the main run: with -r one, and --repeat N in all; without
+        dumps the main run is itself the first of the N."""
+        if self.o.dump_all:
+            return self.o.repeat
+        if extra:  # the main run dumps a lookup table's input: not plain
+            return self.o.repeat if self.o.repeat > 1 else 0
+        return self.o.repeat - 1
+
+    def _board_runs(self, side: BoardSide, frame, extra: frozenset[str]) -> BoardRuns:
+        """All the board's runs of one frame, one after the other (the board runs one at a time);
+        together they overlap the host's work."""
+        runs = BoardRuns(side.run(frame, self.o.dump_all, extra), self.o.dump_all or bool(extra))
+        for _ in range(self._plain_run_count(extra)):
+            try:
+                runs.plains.append(side.run(frame))
+            except AgentError as exc:
+                runs.failure = exc
+                break
+        return runs
+
     def _run_sides(self, pool: ThreadPoolExecutor, sides: list, frame, broken: dict[str, str],
-                   program, number: int = 0) -> dict[str, SideOutput]:
+                   program, number: int = 0) -> tuple[dict[str, SideOutput], BoardRuns | None]:
         """Run one frame everywhere. The board works in its own process (or server thread), so
-        its run overlaps the host's onnxruntime and simulator runs instead of adding to them."""
+        its runs overlap the host's onnxruntime and simulator runs instead of adding to them."""
         outputs: dict[str, SideOutput] = {}
+        board_runs = None
         live = [s for s in sides if s.label not in broken]
         remote = [s for s in live if s.kind == "board"]
         extra = frozenset(source for source, _ in lookup_anchors(program).values())
-        futures = {s.label: pool.submit(s.run, frame, self.o.dump_all, extra) for s in remote}
+        futures = {s.label: pool.submit(self._board_runs, s, frame, extra) for s in remote}
         try:
             for side in live:
                 if side.kind != "board":
                     outputs[side.label] = self._host_run(side, frame, extra, number)
             for side in remote:
+                runs = None
                 try:
-                    outputs[side.label] = futures[side.label].result()
+                    runs = futures[side.label].result()
+                    outputs[side.label] = runs.main
+                    if runs.failure is not None:
+                        raise runs.failure
+                    board_runs = runs
                 except AgentError as exc:
                     if not _died_during_run(exc):
                         raise
-                    broken[side.label] = _death_message(exc, program)
-                    self._note_death(side, exc, program)
+                    if runs is not None:  # it died in a plain run, after every dumped tensor had arrived
+                        broken[side.label] = (f"{DIED_MID_RUN} (crashed or hung) in a plain run (no dumps): "
+                                              f"{str(exc).splitlines()[0][:200]}")
+                    else:
+                        broken[side.label] = _death_message(exc, program)
+                        self._note_death(side, exc, program)
+                    broken[PLAIN_LABEL] = broken[side.label]
         except BaseException:  # Ctrl-C or a host-side failure: cancel the board's run, do not wait it out
             for side in remote:
                 side.cancel()
             wait(futures.values(), timeout=10)
             raise
-        return outputs
+        return outputs, board_runs
 
     def _host_run(self, side, frame, extra: frozenset[str], number: int) -> SideOutput:
         """A host side's run, from the shared cache when another board's verification made it."""
@@ -231,24 +284,70 @@ class Verification:
             pairs.append((board, sim, "bit-exact"))
         return pairs
 
+    def _plain_pairs(self, sides: list) -> list[tuple[str, str, str]]:
+        """With -r, the board's plain run against the references its dumping run is compared with."""
+        by_kind = {s.kind: s for s in sides}
+        if not self.o.dump_all or "board" not in by_kind:
+            return []
+        pairs = []
+        if "onnx" in by_kind:
+            pairs.append((by_kind["onnx"].label, PLAIN_LABEL, "tolerance"))
+        if "simulator" in by_kind:
+            pairs.append((PLAIN_LABEL, by_kind["simulator"].label, "bit-exact"))
+        return pairs
+
+    @staticmethod
+    def _plain_output(runs: BoardRuns, extra: frozenset[str]) -> SideOutput:
+        """The first plain run as a side of the plain pairs. A lookup-table output is judged through
+        its table's input, which a plain run does not send: it is taken from the dumping run, and
+        the plain outputs must equal the dumping run's anyway (a finding otherwise)."""
+        plain = runs.plains[0]
+        anchors = {name: runs.main.tensors[name] for name in extra if name in runs.main.tensors}
+        return SideOutput(tensors={**anchors, **plain.tensors}, seconds=plain.seconds, frame_us=plain.frame_us,
+                          returned=plain.returned)
+
     def _compare(self, sides: list, frames: list, program, explicit_sim: bool) -> None:
         pairs = self._pairs(sides, explicit_sim)
         comparers = [PairComparer(a.label, b.label, criterion, program, self.o.tolerances) for a, b, criterion in pairs]
+        plain_pairs = self._plain_pairs(sides)
+        plain_comparers = [PairComparer(a, b, criterion, program, self.o.tolerances) for a, b, criterion in plain_pairs]
+        checker = BoardRunChecker(program)
+        extra = frozenset(source for source, _ in lookup_anchors(program).values())
         broken: dict[str, str] = {}  # side label -> why it could not run
         frame_us: list[float] = []
+        board_work, plain = "", self._plain_run_count(extra)
+        if any(s.kind == "board" for s in sides) and plain:
+            board_work = (f" (board: a dumping run and {plain} plain run{'s' if plain != 1 else ''})"
+                          if self.o.dump_all or extra else f" (board: {plain + 1} plain runs)")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qverify-board") as pool:
             for number, frame in enumerate(frames):
-                self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}")
-                outputs = self._run_sides(pool, sides, frame, broken, program, number)
+                self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}"
+                         f"{board_work}")
+                outputs, runs = self._run_sides(pool, sides, frame, broken, program, number)
                 self._compare_frame(outputs, sides, pairs, comparers, frame_us)
-        for (a, b, _), comparer in zip(pairs, comparers):
-            pair = comparer.finish()
-            dead = broken.get(a.label) or broken.get(b.label)
-            if dead:
-                pair.status, pair.message = FAILED, dead
-                pair.first_divergent = self._death_layer.get(a.label) or self._death_layer.get(b.label)
-            self.result.pairs.append(pair)
+                if runs is None:
+                    continue
+                checker.add_frame(number, runs.main if runs.main_dumps else None,
+                                  runs.plains if runs.main_dumps else [runs.main, *runs.plains])
+                if plain_pairs and runs.plains:
+                    outputs[PLAIN_LABEL] = self._plain_output(runs, extra)
+                    for (a, b, _), comparer in zip(plain_pairs, plain_comparers):
+                        if a in outputs and b in outputs:
+                            comparer.add_frame(outputs[a], outputs[b], False)
+        self.result.pairs += [self._finish(comparer, a.label, b.label, broken)
+                              for (a, b, _), comparer in zip(pairs, comparers)]
+        self.result.plain_pairs += [self._finish(comparer, a, b, broken)
+                                    for (a, b, _), comparer in zip(plain_pairs, plain_comparers)]
+        self.result.board_findings += checker.findings
         self._latency(frame_us)
+
+    def _finish(self, comparer: PairComparer, a: str, b: str, broken: dict[str, str]) -> PairResult:
+        pair = comparer.finish()
+        dead = broken.get(a) or broken.get(b)
+        if dead:
+            pair.status, pair.message = FAILED, dead
+            pair.first_divergent = self._death_layer.get(a) or self._death_layer.get(b)
+        return pair
 
     def _note_death(self, side, exc: AgentError, program) -> None:
         """Name the first tensor the board never delivered: it stopped at or after its producer."""

@@ -136,14 +136,16 @@ def _short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2):]
 
 
-def print_verify(result, top: int = 8) -> None:
-    """A table per pair (outputs, then the least agreeing layers), then one verdict line per pair."""
+def print_verify(result, top: int = 8, findings: int = 10) -> None:
+    """A table per pair (outputs, then the least agreeing layers), the board's differences with
+    itself (at most ``findings`` of them), then one verdict line per pair and one for the board's runs."""
     from rich.markup import escape
 
     colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
     for note in result.notes:
         _console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    for pair in result.pairs:
+    # The plain-run pairs repeat the outputs' rows: a table only when they fail.
+    for pair in result.pairs + [p for p in result.plain_pairs if not p.passed]:
         rows = list(pair.outputs)
         worst = sorted(pair.layers, key=lambda t: (t.passed, t.cosine))[:top]
         if pair.first_divergent is not None and all(pair.first_divergent is not t for t in rows + worst):
@@ -173,8 +175,16 @@ def print_verify(result, top: int = 8) -> None:
     if fd is not None:
         _console.print(f"first divergent layer: [bold]{escape(fd.producer or fd.name)}[/bold] ({escape(fd.op or 'input')})"
                        f" writing {escape(fd.name)}: {escape(fd.reason)}")
-    for pair in result.pairs:
+    for finding in result.board_findings[:findings]:
+        _console.print(f"[red]{escape(finding.message)}[/red]", soft_wrap=True)
+    if len(result.board_findings) > findings:
+        _console.print(f"[red]… {len(result.board_findings) - findings} more differences of the board with itself "
+                       "(all of them are in --json, --junit and --html)[/red]")
+    for pair in result.pairs + result.plain_pairs:
         _console.print(f"[{colour.get(pair.status, 'white')}]{escape(pair.verdict_line())}[/]", soft_wrap=True)
+    line = result.board_runs_line()
+    if line:
+        _console.print(f"[{'red' if result.board_findings else 'green'}]{escape(line)}[/]", soft_wrap=True)
 
 
 class push_progress:

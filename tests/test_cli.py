@@ -123,7 +123,7 @@ def test_compile_to_a_missing_folder_is_refused(quant_onnx, tmp_path):
 def test_agent_version_names_the_protocol():
     proc = subprocess.run([sys.executable, "-m", "qverify.agent.cli", "version"], capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode == 0 and "protocol 1.0" in proc.stdout
+    assert proc.returncode == 0 and "protocol 1.1" in proc.stdout
 
 
 def test_simulator_matches_onnxruntime_on_the_small_model(quant_onnx, tmp_path):

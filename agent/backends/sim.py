@@ -31,8 +31,9 @@ class SimModel(LoadedModel):
             should_stop: Callable[[], bool] | None = None) -> RunResult:
         if self.delay:
             _busy(self.delay, should_stop)
-        return self.simulator.run(inputs, dump=dump, dump_layout=dump_layout,
-                                  sink=fault_tools.wrap_sink(sink, self.faults), should_stop=should_stop)
+        return fault_tools.faulty_run(self.simulator, self.faults, dump is not None, lambda: self.simulator.run(
+            inputs, dump=dump, dump_layout=dump_layout, sink=fault_tools.wrap_sink(sink, self.faults),
+            should_stop=should_stop))
 
 
     def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
