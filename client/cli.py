@@ -91,6 +91,9 @@ def verify_command(
                                   help="compare every intermediate tensor both sides have; name the first divergent "
                                        "layer. The board also runs each frame without dumps, which must give the "
                                        "same outputs"),
+    isolate: str = typer.Option("auto", "--isolate",
+                                help="per-layer isolation (each board layer fed quant.onnx's tensors): auto = when "
+                                     "no bit-exact simulator runs or outputs are beyond drift; always; never"),
     repeat: int = typer.Option(1, "--repeat", min=1, max=1000,
                                help="run each frame N times on the board without dumps; the N outputs must be "
                                     "bit-identical (hrt_model_exec's frame_count)"),
@@ -128,6 +131,8 @@ def verify_command(
         raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
     if transport not in ("sftp", "grpc"):
         raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
+    if isolate not in ("auto", "always", "never"):
+        raise Failure(f"--isolate {isolate}: choose auto, always or never", EXIT_BAD_INPUT)
     if fault and board:
         raise Failure("--fault works only on the embedded emulated board (no -b)", EXIT_BAD_INPUT)
     for out in (json_out, junit_out, html_out):
@@ -141,7 +146,7 @@ def verify_command(
                         token=token, tls_ca=tls_ca, transport=transport, ssh=ssh, run_sim=run_sim,
                         inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
                         input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
-                        faults=fault, repeat=repeat)
+                        faults=fault, repeat=repeat, isolate=isolate)
     from qverify.client import reports
 
     if json_out:

@@ -218,7 +218,10 @@ def _board_runs_suite(root: ET.Element, result: VerifyResult, props: list[tuple[
 def render_junit(result: VerifyResult) -> str:
     root = ET.Element("testsuites", name="qverify", time=f"{result.seconds:.3f}")
     props = list(_side_properties(result))
+    from qverify.client import isolation_views
+
     suites = [_pair_suite(root, p, props) for p in result.pairs + result.plain_pairs]
+    suites += [s for s in (isolation_views.junit_suite(root, p, props) for p in result.pairs) if s is not None]
     board_runs = _board_runs_suite(root, result, props)
     if board_runs is not None:
         suites.append(board_runs)
@@ -406,13 +409,17 @@ def _pair_section(p: PairResult, k: int) -> str:
     if fd is not None and not p.passed:
         i = _first_index(p)
         link = f' <a href="#{anchor}-t{i}">(row {i})</a>' if i is not None else ""
-        parts.append(f'<div class="divergent"><strong>First divergent layer:</strong> {_E(fd.producer or fd.name)} '
+        what = "First wrong layer in isolation" if p.decided_by == "isolation" else "First divergent layer"
+        parts.append(f'<div class="divergent"><strong>{what}:</strong> {_E(fd.producer or fd.name)} '
                      f'({_E(fd.op or "input")}) → <span class="name">{_E(fd.name)}</span>{link}<br>'
                      f"{_E(_where(fd))}<br>{_E(_figures(fd, p.digits))}<br>{_E(fd.reason)}</div>")
     if p.tensors:
         head = ["#", "tensor", "op", "placement", "shape", "max |diff|", f"within {p.digits} digits",
                 "exact", "±1 LSB", ">1 LSB", "max LSB", "cosine", "verdict"]
         parts += [_plot(p, anchor), f'<div class="scroll">{_table(head, _tensor_rows(p, anchor))}</div>']
+    from qverify.client import isolation_views
+
+    parts.append(isolation_views.html_section(p))
     parts.append("</section>")
     return "\n".join(parts)
 

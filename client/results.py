@@ -67,6 +67,31 @@ class SideInfo:
 
 
 @dataclass
+class IsolatedLayer:
+    """One layer of the board fed the reference's own inputs, compared with the reference's output
+    for that layer (worst frame); see :mod:`qverify.client.isolation`."""
+    tensor: str
+    node: str
+    op: str  # program op (Conv, Lut, Reshape...)
+    onnx_op: str
+    kind: str  # the bound family: exact, lookup, add, requantizing, cpu
+    index: int  # position of the tensor in execution order
+    group: str = ""  # "" when the layer ran alone, else "first..last" of the nodes run together
+    elements: int = 0
+    off_by_one: int = 0
+    beyond_one: int = 0
+    max_lsb: int = 0
+    bias: float = 0.0  # mean signed difference in LSB (board - reference)
+    cosine: float = 1.0
+    bound: str = ""
+    passed: bool = True
+    reason: str = ""
+
+
+DECIDED_BY_OUTPUTS, DECIDED_BY_ISOLATION, DECIDED_BY_TWIN = "outputs", "isolation", "bit-exact twin"
+
+
+@dataclass
 class PairResult:
     """Two sides compared: bit-exact (integer vs integer) or within tolerance (ONNX vs integer)."""
     a: str
@@ -78,6 +103,11 @@ class PairResult:
     layers: list[TensorResult] = field(default_factory=list)  # intermediates, execution order (-r)
     first_divergent: TensorResult | None = None  # earliest tensor that fails, in execution order
     digits: int = 5
+    # Which path gave the verdict: the output rules (fast path), isolation (every layer fed the
+    # reference's inputs), or the bit-exact twin. Isolation decides tolerance pairs when it ran.
+    decided_by: str = ""
+    isolation: list[IsolatedLayer] = field(default_factory=list)  # execution order
+    drift: str = ""  # accumulated drift seen on outputs and not judged (isolation decided)
 
     @property
     def passed(self) -> bool:
@@ -93,7 +123,9 @@ class PairResult:
         where = ""
         if self.first_divergent is not None and not self.passed:
             fd = self.first_divergent
-            where = f", first divergent layer {fd.producer or fd.name} ({fd.op or 'input'}) -> {fd.name}"
+            what = "first wrong layer in isolation" if self.decided_by == DECIDED_BY_ISOLATION else \
+                "first divergent layer"
+            where = f", {what} {fd.producer or fd.name} ({fd.op or 'input'}) -> {fd.name}"
         if self.message:
             return f"{head}: {self.message}{where}: {self.status}"
         n = len(self.outputs)
@@ -105,6 +137,12 @@ class PairResult:
             full = all(t.within_digits == t.elements for t in self.outputs)
             how = (f"consistent to {self.digits} digits" if full and self.passed
                    else "consistent within rounding drift" if self.passed else "inconsistent")
+        if self.isolation:
+            wrong = sum(not layer.passed for layer in self.isolation)
+            how += (f", {len(self.isolation)} layers in isolation"
+                    + (f" ({wrong} wrong)" if wrong else " all within their bounds"))
+        if self.decided_by:
+            how += f" [decided by {self.decided_by}]"
         return f"{head}: {outputs}{layers}, {how}{where}: {self.status}"
 
 
@@ -239,6 +277,9 @@ class VerifyResult:
                 "first_divergent": tensor(p.first_divergent) if p.first_divergent else None,
                 "outputs": [tensor(t) for t in p.outputs],
                 "layers": [tensor(t) for t in p.layers],
+                "decided_by": p.decided_by,
+                "drift": p.drift,
+                "isolation": [asdict(layer) for layer in p.isolation],
             }
 
         return {
@@ -285,7 +326,9 @@ def _tensor_from_dict(data: dict[str, Any] | None) -> TensorResult | None:
 
 def _pair_from_dict(data: dict[str, Any]) -> PairResult:
     known = {k: v for k, v in data.items()
-             if k in PairResult.__dataclass_fields__ and k not in ("outputs", "layers", "first_divergent")}
+             if k in PairResult.__dataclass_fields__ and k not in ("outputs", "layers", "first_divergent", "isolation")}
+    isolated = [IsolatedLayer(**{k: v for k, v in layer.items() if k in IsolatedLayer.__dataclass_fields__})
+                for layer in data.get("isolation", [])]
     return PairResult(**known, outputs=[_tensor_from_dict(t) for t in data.get("outputs", [])],
                       layers=[_tensor_from_dict(t) for t in data.get("layers", [])],
-                      first_divergent=_tensor_from_dict(data.get("first_divergent")))
+                      first_divergent=_tensor_from_dict(data.get("first_divergent")), isolation=isolated)

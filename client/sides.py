@@ -132,12 +132,16 @@ class OnnxSide:
             self._exposed[names] = (session, [o.name for o in session.get_outputs()])
         return self._exposed[names]
 
-    def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
+    def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset(),
+            consistent: bool = False) -> SideOutput:
+        """``consistent``: every tensor from one session (the one exposing them all) and quantized
+        tensors as codes, so each layer's output is what that session computed from its own inputs
+        (the reference of an isolated run). Otherwise the outputs come from the unmodified graph."""
         start = time.perf_counter()
         session = self._main_session()
         names = [o.name for o in session.get_outputs()]
         try:
-            single = (dump_all or extra) and self.ort_opt == "disabled"
+            single = ((dump_all or extra) and self.ort_opt == "disabled") or consistent
             raw = {} if single else dict(zip(names, session.run(names, frame.onnx)))
             if dump_all or extra:
                 exposed, exposed_names = self._exposing_session(None if dump_all else frozenset(extra))
@@ -146,10 +150,10 @@ class OnnxSide:
         except Exception as exc:
             raise SideError(f"onnxruntime failed to run {self.path.name}: {str(exc).splitlines()[0][:300]}") from None
         out = SideOutput(seconds=time.perf_counter() - start)
-        out.tensors = self._to_program_names(raw)
+        out.tensors = self._to_program_names(raw, prefer_codes=consistent)
         return out
 
-    def _to_program_names(self, raw: dict[str, np.ndarray]) -> dict[str, Observed]:
+    def _to_program_names(self, raw: dict[str, np.ndarray], prefer_codes: bool = False) -> dict[str, Observed]:
         """ONNX tensors -> program names; uint8 codes shifted to the program's int8."""
         if self.program is None:
             return {k: Observed(np.asarray(v, dtype=np.float64)) for k, v in raw.items()}
@@ -163,6 +167,8 @@ class OnnxSide:
                 continue
             tensors[name] = self._observed(value, t)
         for out, onnx_name in zip(self.program.outputs, onnx_outputs):
+            if prefer_codes and tensors.get(out.name) is not None and tensors[out.name].codes is not None:
+                continue
             if onnx_name in raw:  # the graph output (often the dequantized float) is the model's answer
                 tensors[out.name] = self._observed(raw[onnx_name], out)
         return tensors
@@ -258,13 +264,46 @@ class BoardSide:
         self.client.close()
 
     def run(self, frame: Frame, dump_all: bool = False, extra: frozenset[str] = frozenset()) -> SideOutput:
-        from qverify.simulator.layout import to_valid
-
         start = time.perf_counter()
         dump = "all" if dump_all else (sorted(extra) if extra else None)
         outcome = self.client.run(self.sha256, frame.board, dump=dump, layout="aligned",
                                   chunk_bytes=self.chunk_bytes)
-        out = SideOutput(seconds=time.perf_counter() - start)
+        out = self._observe(outcome)
+        out.seconds = time.perf_counter() - start
+        return out
+
+    @property
+    def can_isolate(self) -> bool:
+        """Whether the board runs node groups on fed tensors itself (agent capability "isolate")."""
+        info = getattr(self.client, "agent_info", None)
+        return info is not None and "isolate" in info.capabilities
+
+    def run_isolated(self, frame: Frame, requests: list) -> SideOutput:
+        """Every layer fed the reference's tensors (protocol 1.1); ``requests`` are (groups, feeds) pairs,
+        groups as node index ranges (see :mod:`qverify.client.isolation`). Aligned buffers, padding checked."""
+        start = time.perf_counter()
+        out = SideOutput()
+        nodes = self.program.nodes
+        for groups, feeds in requests:
+            named = [(nodes[a].name, nodes[b].name) for a, b in groups]
+            try:
+                outcome = self.client.run(self.sha256, frame.board, dump="all", layout="aligned",
+                                          chunk_bytes=self.chunk_bytes, isolate=True, feeds=feeds, groups=named)
+            except Exception as exc:  # what earlier requests delivered counts as received too
+                if hasattr(exc, "received"):
+                    exc.received = sorted(out.dumped) + list(exc.received)
+                raise
+            part = self._observe(outcome)
+            out.tensors.update({k: v for k, v in part.tensors.items() if k in part.dumped})
+            out.dumped |= part.dumped
+        out.seconds = time.perf_counter() - start
+        return out
+
+    def _observe(self, outcome) -> SideOutput:
+        """A RunOutcome as program tensors: valid cut out of each aligned dump, padding checked."""
+        from qverify.simulator.layout import to_valid
+
+        out = SideOutput()
         tensors = self.program.tensors
         for (name, layout), dumped in outcome.dumps.items():
             tensor = tensors.get(name)

@@ -40,7 +40,8 @@ from qverify.client.agent_client import AgentError, BoardUnreachable
 from qverify.client.boards import BoardOptions, ensure_model, open_board, parse_board
 from qverify.client.modelfiles import ModelFileError, classify, load_onnx, pairing_problem
 from qverify.client.results import (
-    FAILED, MISMATCHED, PLAIN_LABEL, InputInfo, PairResult, SideInfo, Tolerances, VerifyResult,
+    DECIDED_BY_ISOLATION, DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PASSED, PLAIN_LABEL, InputInfo,
+    PairResult, SideInfo, Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors, tensor_order
@@ -70,6 +71,9 @@ class VerifyOptions:
     faults: Sequence[str] = ()  # embedded board only: --fault injections (tests, demos)
     host_cache: HostCache | None = None  # share onnxruntime/simulator results across boards (farm runs)
     repeat: int = 1  # plain runs of every frame on the board, compared bit for bit (hrt_model_exec's frame_count)
+    # Isolated per-layer verification of quant.onnx vs board: "auto" when no bit-exact twin
+    # runs or the outputs are beyond drift, "always", or "never" (output rules only).
+    isolate: str = "auto"
 
 
 @dataclass
@@ -99,6 +103,8 @@ class Verification:
         self.push_progress = push_progress
         if options.repeat < 1:
             raise ValueError(f"repeat must be 1 or more, not {options.repeat}")
+        if options.isolate not in ("auto", "always", "never"):
+            raise ValueError(f"isolate must be auto, always or never, not {options.isolate!r}")
         self.result = VerifyResult(tolerances=options.tolerances, dump_all=options.dump_all, repeat=options.repeat)
         self._death_layer: dict = {}  # side label -> the tensor it never delivered (crash during -r)
 
@@ -319,6 +325,12 @@ class Verification:
         if any(s.kind == "board" for s in sides) and plain:
             board_work = (f" (board: a dumping run and {plain} plain run{'s' if plain != 1 else ''})"
                           if self.o.dump_all or extra else f" (board: {plain + 1} plain runs)")
+        onnx_board = next(((a, b) for a, b, c in pairs if a.kind == "onnx" and b.kind == "board"), None)
+        twin = any(c == "bit-exact" for _, _, c in pairs)
+        isolation = None
+        if onnx_board and (self.o.isolate == "always" or (self.o.isolate == "auto" and not twin)):
+            # Before the entire runs: a board that dies in isolation names the layer it died in.
+            isolation = self._isolation(*onnx_board, frames, program, broken)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qverify-board") as pool:
             for number, frame in enumerate(frames):
                 self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}"
@@ -336,10 +348,99 @@ class Verification:
                             comparer.add_frame(outputs[a], outputs[b], False)
         self.result.pairs += [self._finish(comparer, a.label, b.label, broken)
                               for (a, b, _), comparer in zip(pairs, comparers)]
+        for pair, (a, b, criterion) in zip(self.result.pairs, pairs):
+            if criterion == "bit-exact":
+                pair.decided_by = DECIDED_BY_TWIN
+            elif (a, b) != onnx_board:
+                pair.decided_by = DECIDED_BY_OUTPUTS
+            else:
+                if (isolation is None and self.o.isolate == "auto" and not pair.passed and not pair.message
+                        and b.label not in broken):  # beyond drift with a twin: find the layer
+                    isolation = self._isolation(a, b, frames, program, broken)
+                self._decide(pair, isolation, broken.get(b.label, ""))
         self.result.plain_pairs += [self._finish(comparer, a, b, broken)
                                     for (a, b, _), comparer in zip(plain_pairs, plain_comparers)]
         self.result.board_findings += checker.findings
         self._latency(frame_us)
+
+    # ------------------------------------------------------------------ isolation
+    def _isolation(self, onnx_side, board_side, frames: list, program, broken: dict[str, str]):
+        """Every frame: quant.onnx with every tensor, then every board layer fed its tensors.
+
+        Returns the IsolationJudge, or None when the board cannot be asked (an older agent,
+        the board died: then ``broken`` says why and names the layer it died in)."""
+        from qverify.client.isolation import IsolationJudge, batches, feeds_from, plan_groups
+
+        if not board_side.can_isolate:
+            self.result.notes.append(f"{board_side.label}: its agent cannot run layers in isolation (no 'isolate' "
+                                     "capability: update qverify-agent on the board); the output rules decide")
+            return None
+        judge = IsolationJudge(program)
+        limit = getattr(getattr(board_side.client, "agent_info", None), "limits", None)
+        max_bytes = max(1 << 20, (limit.max_message_bytes if limit and limit.max_message_bytes else 64 << 20) // 4)
+        for number, frame in enumerate(frames):
+            self.say(f"isolation, frame {number + 1}/{len(frames)}: every layer of the board on "
+                     f"{onnx_side.label}'s tensors")
+            reference = self._reference_all(onnx_side, frame, number).tensors
+            feeds = feeds_from(program, reference)
+            groups = plan_groups(program, set(feeds))
+            try:
+                isolated = board_side.run_isolated(frame, batches(program, groups, feeds, max_bytes))
+            except AgentError as exc:
+                if not _died_during_run(exc):
+                    raise
+                broken[board_side.label] = _death_message(exc, program) + " (in an isolated run)"
+                broken[PLAIN_LABEL] = broken[board_side.label]
+                self._note_death(board_side, exc, program, always=True)
+                return judge
+            judge.add_frame(isolated.tensors, reference, groups)
+        return judge
+
+    def _reference_all(self, onnx_side, frame, number: int) -> SideOutput:
+        """quant.onnx with every tensor exposed, shared across boards when a host cache is given."""
+        if self.o.host_cache is None:
+            return onnx_side.run(frame, True, consistent=True)
+        key = ("onnx-all", _sha(self.files.onnx), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed, number,
+               self.o.ort_opt)
+        return self.o.host_cache.get(key, lambda: onnx_side.run(frame, True, consistent=True))
+
+    def _decide(self, pair: PairResult, isolation, dead: str) -> None:
+        """A tolerance pair: isolation decides when it ran; accumulated drift is then reported, not judged."""
+        if isolation is None or dead:
+            pair.decided_by = DECIDED_BY_OUTPUTS if not dead else pair.decided_by or DECIDED_BY_ISOLATION
+            return
+        pair.decided_by = DECIDED_BY_ISOLATION
+        pair.isolation = isolation.ordered
+        first = isolation.first_wrong
+        failing = [t for t in pair.outputs + pair.layers if not t.passed]
+        if first is not None:
+            tensor = self.result_tensor(first, pair)
+            pair.status, pair.first_divergent = FAILED, tensor
+        elif pair.message:  # a missing output, a dead board: not drift
+            return
+        else:
+            if failing:
+                worst = failing[0]
+                pair.drift = (f"accumulated drift, not judged: {len(failing)} tensor(s) beyond the output rules "
+                              f"(first {worst.name}: {worst.reason}), while every layer is within its bound in "
+                              "isolation")
+            pair.status, pair.first_divergent = PASSED, None
+
+    @staticmethod
+    def result_tensor(layer, pair: PairResult):
+        """The entire-run figures of an isolated layer's tensor, or a row made from its isolated figures."""
+        from qverify.client.results import TensorResult
+
+        for t in pair.outputs + pair.layers:
+            if t.name == layer.tensor:
+                return TensorResult(**{**t.__dict__, "passed": False,
+                                       "reason": f"{layer.reason} (entire run: {t.reason})"})
+        return TensorResult(name=layer.tensor, kind="layer", index=layer.index, producer=layer.node,
+                            op=layer.onnx_op, placement="cpu" if layer.kind == "cpu" else "npu", shape=[],
+                            elements=layer.elements, scale=None, max_abs_diff=0.0, within_digits=0,
+                            exact=layer.elements - layer.off_by_one - layer.beyond_one, off_by_one=layer.off_by_one,
+                            beyond_one=layer.beyond_one, max_lsb=layer.max_lsb, cosine=layer.cosine, passed=False,
+                            reason=layer.reason)
 
     def _finish(self, comparer: PairComparer, a: str, b: str, broken: dict[str, str]) -> PairResult:
         pair = comparer.finish()
@@ -349,7 +450,7 @@ class Verification:
             pair.first_divergent = self._death_layer.get(a) or self._death_layer.get(b)
         return pair
 
-    def _note_death(self, side, exc: AgentError, program) -> None:
+    def _note_death(self, side, exc: AgentError, program, always: bool = False) -> None:
         """Name the first tensor the board never delivered: it stopped at or after its producer."""
         from qverify.client.results import TensorResult
 
@@ -357,7 +458,7 @@ class Verification:
         order = tensor_order(program)
         pending = [(index, name, producer, op, placement) for name, (index, producer, op, placement) in order.items()
                    if producer and name not in received]
-        if not pending or not self.o.dump_all:
+        if not pending or not (self.o.dump_all or always):
             return
         index, name, producer, op, placement = min(pending)
         tensor = program.tensors[name]

@@ -1,16 +1,55 @@
 """Terminal rendering (rich) of compile results, model info and the demo."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qverify.v1 import model_pb2
 
 _console = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
+
+# What a model file or a board says is data, never markup or terminal control: C0/C1 controls
+# (ESC starts ANSI sequences), DEL, zero-width and bidirectional overrides are shown as escapes.
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+NAME_LIMIT = 200      # characters of one name shown in a table cell
+SHAPE_LIMIT = 8       # dimensions shown before a shape is summarised
+INFO_LAYER_ROWS = 200  # layers listed by `qverify info` (--json has them all)
+
+
+def _visible(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
+    """``value`` as rich markup that prints literally: control characters made visible, brackets
+    escaped, and longer than ``limit`` characters cut with an ellipsis."""
+    text = str(value)
+    if limit is not None and len(text) > limit:
+        text = text[: max(1, limit - 1)] + "…"
+    return escape(_UNSAFE_CHARS.sub(lambda m: _visible(m.group()), text))
+
+
+def dims_text(dims, sep: str = "x", limit: int = SHAPE_LIMIT) -> str:
+    """A shape for people: ``1x3x224x224``; one longer than ``limit`` dims is summarised
+    (``1x3x...(5000000 dims)``) without walking all of it."""
+    count = len(dims)
+    if count > limit:
+        return sep.join(str(int(d)) for d in dims[:3]) + f"{sep}...({count} dims)"
+    return sep.join(str(int(d)) for d in dims)
+
+
+def list_text(values, limit: int = SHAPE_LIMIT) -> str:
+    """A list of numbers for people, summarised past ``limit`` items."""
+    count = len(values)
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in list(values[:limit]))
+    return f"[{shown}, ... ({count} values)]" if count > limit else f"[{shown}]"
 
 
 def progress_line(message: str) -> None:
@@ -30,8 +69,8 @@ def tensor_summary(info: model_pb2.TensorInfo) -> dict:
     return out
 
 
-def program_summary(program, path: Path) -> dict:
-    """The JSON view of ``qverify info``."""
+def program_summary(program, path: Path, layers: bool = True) -> dict:
+    """The JSON view of ``qverify info`` (``layers=False``: without the per-layer list)."""
     from qverify.simulator import feed_shape
 
     proto = program.proto
@@ -51,56 +90,71 @@ def program_summary(program, path: Path) -> dict:
                         "std": list(p.std), "image_shape": list(p.image_shape)} for p in proto.preprocess],
         "layers": [{"name": n.name, "op": n.op, "onnx_op": n.onnx_op, "placement": "cpu" if n.on_cpu else "npu",
                     "inputs": n.inputs, "outputs": [tensor_summary(tensors[o]) for o in n.outputs]}
-                   for n in program.nodes],
+                   for n in program.nodes] if layers else [],
     }
 
 
 def _shape(info: model_pb2.TensorInfo) -> str:
-    return "x".join(map(str, info.shape)) or "scalar"
+    return dims_text(info.shape) or "scalar"
 
 
 def _quant(info: model_pb2.TensorInfo) -> str:
     if info.dtype != model_pb2.INT8:
-        return model_pb2.DataType.Name(info.dtype).lower()
+        return safe_text(model_pb2.DataType.Name(info.dtype).lower() if info.dtype in model_pb2.DataType.values()
+                         else f"dtype {info.dtype}")
     text = f"s={info.quant.scale:.4g} zp={info.quant.zero_point}"
     if info.onnx_dtype == 2:  # held as int8, uint8 in the ONNX model: show its own zero point too
         text += f" (u8 {info.quant.zero_point + 128})"
     return text
 
 
-def print_info(program, path: Path) -> None:
-    summary = program_summary(program, path)
+def print_info(program, path: Path, max_layers: int = INFO_LAYER_ROWS) -> None:
+    """Tables of a model; every name from the file is shown literally (no markup, no terminal
+    control), long shapes and lists are summarised, and at most ``max_layers`` layers are listed."""
+    summary = program_summary(program, path, layers=False)  # the layers are listed from the program below
     proto = program.proto
     tensors = {t.name: t for t in proto.tensors}
-    _console.print(f"[bold]{path}[/bold]  model '{proto.name}'  target {program.target.name} "
-                   f"(NHWC, C%{program.target.c_align}, W%{program.target.w_align}, {program.target.rounding} rounding)  "
-                   f"from {proto.source_format} "
-                   f"ONNX sha256 {proto.source_sha256[:12]}…")
+    target = program.target
+    _console.print(f"[bold]{safe_text(path, None)}[/bold]  model '{safe_text(proto.name)}'  target "
+                   f"{safe_text(target.name)} (NHWC, C%{target.c_align}, W%{target.w_align}, "
+                   f"{safe_text(target.rounding)} rounding)  from {safe_text(proto.source_format)} "
+                   f"ONNX sha256 {safe_text(proto.source_sha256[:12])}…", soft_wrap=True)
     io = Table(title="inputs and outputs", show_lines=False)
     for col in ("", "name", "board feed", "logical", "quant", "ONNX tensor"):
-        io.add_column(col)
+        io.add_column(col, overflow="fold")
     for item in summary["inputs"]:
-        io.add_row("in", item["name"], f"{item['dtype']}[{','.join(map(str, item['feed_shape']))}]",
-                   _shape(tensors[item["name"]]), _quant(tensors[item["name"]]), item["onnx_input"])
+        info = tensors[item["name"]]
+        io.add_row("in", safe_text(item["name"]), f"{safe_text(item['dtype'])}[{dims_text(item['feed_shape'], ',')}]",
+                   _shape(info), _quant(info), safe_text(item["onnx_input"]))
     for item in summary["outputs"]:
         info = tensors[item["name"]]
-        io.add_row("out", item["name"], f"{item['dtype']}[{','.join(map(str, info.shape))}]", _shape(info),
-                   _quant(info), item["onnx_output"])
+        io.add_row("out", safe_text(item["name"]), f"{safe_text(item['dtype'])}[{dims_text(info.shape, ',')}]",
+                   _shape(info), _quant(info), safe_text(item["onnx_output"]))
     _console.print(io)
     for pre in summary["preprocess"]:
-        _console.print(f"preprocess: board takes uint8 {pre['color']} NHWC {pre['image_shape']}, model channels "
-                       f"{pre['model_color']}, mean {pre['mean']}, std {pre['std']}")
-    layers = Table(title=f"layers ({len(program.nodes)}, {sum(n.on_cpu for n in program.nodes)} on cpu)")
+        _console.print(f"preprocess: board takes uint8 {safe_text(pre['color'])} NHWC "
+                       f"{list_text(pre['image_shape'])}, model channels {safe_text(pre['model_color'])}, "
+                       f"mean {list_text(pre['mean'])}, std {list_text(pre['std'])}", soft_wrap=True)
+    nodes = program.nodes
+    cpu = sum(n.on_cpu for n in nodes)
+    shown = nodes[:max_layers]
+    layers = Table(title=f"layers ({len(nodes)}, {cpu} on cpu)"
+                   + (f", the first {len(shown)} listed" if len(shown) < len(nodes) else ""))
     for col in ("#", "node", "op", "onnx op", "on", "output", "logical", "aligned", "quant"):
         layers.add_column(col, overflow="fold")
-    for index, node in enumerate(program.nodes):
-        for k, out in enumerate(node.outputs):
+    for index, node in enumerate(shown):
+        for k, out in enumerate(node.outputs[:SHAPE_LIMIT]):
             info = tensors[out]
-            layers.add_row(str(index) if k == 0 else "", node.name if k == 0 else "", node.op if k == 0 else "",
-                           node.onnx_op if k == 0 else "", ("cpu" if node.on_cpu else "npu") if k == 0 else "",
-                           out, _shape(info), f"{info.aligned_layout} " + "x".join(map(str, info.aligned_shape)),
-                           _quant(info))
+            first = k == 0
+            layers.add_row(str(index) if first else "", safe_text(node.name) if first else "",
+                           safe_text(node.op) if first else "", safe_text(node.onnx_op) if first else "",
+                           ("cpu" if node.on_cpu else "npu") if first else "", safe_text(out), _shape(info),
+                           f"{safe_text(info.aligned_layout)} {dims_text(info.aligned_shape)}", _quant(info))
+        if len(node.outputs) > SHAPE_LIMIT:
+            layers.add_row("", "", "", "", "", f"... {len(node.outputs) - SHAPE_LIMIT} more outputs", "", "", "")
     _console.print(layers)
+    if len(shown) < len(nodes):
+        _console.print(f"… {len(nodes) - len(shown)} more layers; qverify info --json lists them all")
 
 
 def print_compile_summary(program, path: Path, digest: str) -> None:
@@ -172,8 +226,12 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
     if result.latency_failure:
         _console.print(f"[red]{escape(result.latency_failure)}[/red]")
     fd = result.first_divergent
+    for pair in result.pairs:
+        _print_isolation(pair)
     if fd is not None:
-        _console.print(f"first divergent layer: [bold]{escape(fd.producer or fd.name)}[/bold] ({escape(fd.op or 'input')})"
+        what = "first wrong layer in isolation" if any(
+            p.first_divergent is fd and p.decided_by == "isolation" for p in result.pairs) else "first divergent layer"
+        _console.print(f"{what}: [bold]{escape(fd.producer or fd.name)}[/bold] ({escape(fd.op or 'input')})"
                        f" writing {escape(fd.name)}: {escape(fd.reason)}")
     for finding in result.board_findings[:findings]:
         _console.print(f"[red]{escape(finding.message)}[/red]", soft_wrap=True)
@@ -185,6 +243,26 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
     line = result.board_runs_line()
     if line:
         _console.print(f"[{'red' if result.board_findings else 'green'}]{escape(line)}[/]", soft_wrap=True)
+
+
+def _print_isolation(pair) -> None:
+    """Entire vs isolated error of the worst layers (wrong ones first), and the drift note."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from qverify.client import isolation_views
+
+    if not pair.isolation:
+        return
+    table = Table(title=f"{pair.a} vs {pair.b}: layers in isolation (fed {pair.a}'s inputs)", title_justify="left")
+    for head in ("layer", "op", "entire", "isolated", ""):
+        table.add_column(head, overflow="fold")
+    for row in isolation_views.terminal_rows(pair):
+        style = "red" if row[-1] == "WRONG" else None
+        table.add_row(*(escape(cell) for cell in row), style=style)
+    _console.print(table)
+    if pair.drift:
+        _console.print(f"[yellow]{escape(pair.drift)}[/yellow]", soft_wrap=True)
 
 
 class push_progress:
