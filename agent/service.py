@@ -367,6 +367,18 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 put([pb.RunReply(dump_header=header)] + [
                     pb.RunReply(dump_chunk=pb.DumpChunk(index=index, offset=offset, data=bytes(view[offset:offset + chunk])))
                     for offset in range(0, len(data), chunk)])
+            if request.isolate:
+                # Layer by layer, each handed to the transport before the next layer runs: a board
+                # that dies in a layer has delivered every layer before it, which names it.
+                flush()
+                delivered()
+
+        def delivered() -> None:
+            while messages.unfinished_tasks:
+                if cancelled.is_set():
+                    raise _Cancelled()
+                with messages.all_tasks_done:
+                    messages.all_tasks_done.wait(0.1)
 
         def work() -> None:
             try:
@@ -399,6 +411,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 if message is done:
                     break
                 yield from message
+                messages.task_done()  # gRPC asked for the next message: this one went to the transport
         finally:
             if not outcome:  # the client left before the worker finished: tell it to stop
                 cancelled.set()

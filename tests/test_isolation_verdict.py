@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import qverify
+from agent_harness import agent_pool  # noqa: F401  (fixture)
 from qverify.client.results import DECIDED_BY_ISOLATION, DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN
 from qverify.simulator import load, save
 from qverify.simulator.compiler import compile_model
@@ -131,3 +132,19 @@ def test_the_twin_names_a_one_lsb_fault_exactly_too(files):
     with_twin = _verify(onnx_path, model_bin, inputs[:1], dump_all=True, faults=[f"lsb:{layer}"])
     twin = next(p for p in with_twin.pairs if p.criterion == "bit-exact")
     assert not with_twin.passed and not twin.passed and twin.first_divergent.producer == layer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dump_all", [False, True], ids=["default", "r"])
+def test_a_board_that_dies_in_a_layer_is_named_without_a_twin(files, agent_pool, dump_all):
+    """crash:LAYER kills the agent when LAYER runs: isolation runs first, so the layer it never
+    delivered is named even without -r."""
+    onnx_path, model_bin, inputs = files("ppocr_cls")
+    layer = _middle_conv(model_bin)
+    agent = agent_pool.start("--fault", f"crash:{layer}", name="crash")
+    result = _verify(onnx_path, model_bin, inputs[:1], board=agent.address, transport="grpc", run_sim=False,
+                     dump_all=dump_all, connect_timeout=10)
+    pair = _tolerance_pair(result)
+    assert not result.passed and result.exit_code == 1, pair.verdict_line()
+    assert "stopped answering" in pair.message
+    assert pair.first_divergent is not None and pair.first_divergent.producer == layer, pair.verdict_line()
