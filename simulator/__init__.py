@@ -11,7 +11,7 @@ Compiler API (host only, imports onnx)::
 
     from qverify.simulator.compiler import compile_model
 """
-from qverify.simulator.errors import CompileError, InputError, ModelFormatError, SimulatorError
+from qverify.simulator.errors import CompileError, InputError, ModelFormatError, ProgramError, SimulatorError
 from qverify.simulator.executor import (
     Dump,
     LayerStats,
@@ -24,17 +24,24 @@ from qverify.simulator.executor import (
 from qverify.simulator.modelfile import decode, encode, save
 from qverify.simulator.program import Program
 from qverify.simulator.targets import TARGETS, get_target
+from qverify.simulator.validate import DEFAULT_MAX_TENSOR_BYTES
 
 
-def load(path) -> Program:
-    """Read and validate model.bin; raises ModelFormatError with an actionable message."""
+def load(path, max_tensor_bytes: int | None = None) -> Program:
+    """Read and validate model.bin; raises ModelFormatError with an actionable message.
+
+    Validation covers the container and the program's semantics (every node can run, see
+    ``qverify.simulator.validate``). ``max_tensor_bytes`` bounds every declared tensor and
+    kernel working array (default ``DEFAULT_MAX_TENSOR_BYTES``, 1 GiB); a board passes its own.
+    """
     from qverify.simulator import modelfile
 
-    return Program(modelfile.load(path))
+    return modelfile.decode_program(modelfile.read(path), str(path), max_tensor_bytes)
 
 
 __all__ = [
-    "CompileError", "InputError", "ModelFormatError", "SimulatorError", "Dump", "LayerStats", "RunResult",
+    "CompileError", "InputError", "ModelFormatError", "ProgramError", "SimulatorError", "DEFAULT_MAX_TENSOR_BYTES",
+    "Dump", "LayerStats", "RunResult",
     "Simulator", "Program", "TARGETS", "get_target", "load", "save", "encode", "decode", "dequantize",
     "quantize", "feed_shape",
 ]

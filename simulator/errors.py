@@ -27,3 +27,11 @@ class ModelFormatError(SimulatorError):
 
 class InputError(SimulatorError):
     """Inputs given to a run do not match the program (name, dtype, shape)."""
+
+
+class ProgramError(ModelFormatError):
+    """A well-formed model.bin whose program cannot run: names the node (and op) at fault."""
+
+    def __init__(self, message: str, node: str | None = None, op: str | None = None) -> None:
+        self.node, self.op = node, op
+        super().__init__(message)

@@ -29,7 +29,12 @@ def encode(program: model_pb2.Program) -> bytes:
 
 
 def decode(data: bytes, source: str = "model.bin") -> model_pb2.Program:
-    """Parse model.bin bytes; every failure is a ModelFormatError naming ``source``."""
+    """Parse model.bin bytes; every failure is a ModelFormatError naming ``source``.
+
+    This checks the container (header, length, sha256, protobuf). The program's semantics
+    are checked by :func:`decode_program` (what ``qverify.simulator.load`` runs for every run,
+    ``qverify info`` and the board).
+    """
     if len(data) < HEADER.size:
         raise ModelFormatError(f"{source}: file is {len(data)} bytes, too short to be a qverify model; "
                                "recompile it with 'qverify compile'")
@@ -74,7 +79,28 @@ def save(program: model_pb2.Program, path: str | os.PathLike) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def decode_program(data: bytes, source: str = "model.bin", max_tensor_bytes: int | None = None):
+    """Parse and validate model.bin bytes into a runnable ``Program``.
+
+    Beyond :func:`decode`, the program's semantics are validated (``qverify.simulator.validate``):
+    one ModelFormatError naming the node for a program its kernels cannot run, or one declaring a
+    tensor over ``max_tensor_bytes`` (default 1 GiB), before anything allocates it.
+    """
+    from qverify.simulator.program import Program
+    from qverify.simulator.validate import validate
+
+    program = Program(decode(data, source))
+    validate(program, max_tensor_bytes, source)
+    return program
+
+
 def load(path: str | os.PathLike) -> model_pb2.Program:
+    """Read and parse model.bin (the container only, see :func:`decode`)."""
+    return decode(read(path), str(path))
+
+
+def read(path: str | os.PathLike) -> bytes:
+    """The bytes of model.bin at ``path``; a ModelFormatError names what went wrong."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -87,4 +113,4 @@ def load(path: str | os.PathLike) -> model_pb2.Program:
         raise ModelFormatError(f"{path}: permission denied; make the file readable") from None
     except OSError as exc:
         raise ModelFormatError(f"{path}: cannot be read ({exc.strerror or exc}); check the path") from None
-    return decode(data, str(path))
+    return data

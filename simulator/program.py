@@ -1,6 +1,7 @@
 """A loaded program: the protobuf Program with constants decoded to numpy arrays."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +106,11 @@ class TensorView:
 
 
 class Program:
-    """Decoded program, ready to execute. Construction validates the structure."""
+    """Decoded program, ready to execute. Construction validates the structure.
+
+    The semantics (every node can run) are checked by ``qverify.simulator.validate``, which
+    ``qverify.simulator.load`` runs on every model.bin it reads.
+    """
 
     def __init__(self, proto: model_pb2.Program) -> None:
         self.proto = proto
@@ -113,8 +118,11 @@ class Program:
         self.constants: dict[str, np.ndarray] = {}
         for const in proto.constants:
             dtype = dtype_of(const.dtype)
-            if any(d < 0 for d in const.shape):
-                raise ModelFormatError(f"constant '{const.name}' has a negative dimension {list(const.shape)}")
+            # numpy takes at most 64 dims, and a shape with a 0 still must not overflow its size
+            if (any(d < 0 for d in const.shape) or len(const.shape) > 32
+                    or math.prod(int(d) for d in const.shape if d) > 1 << 62):
+                raise ModelFormatError(f"constant '{const.name}' has shape {list(const.shape)[:40]}: dims must be "
+                                       ">= 0, rank <= 32, size < 2^62; recompile the model")
             count = 1
             for d in const.shape:
                 count *= int(d)

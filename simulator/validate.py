@@ -1,0 +1,298 @@
+"""Semantic validation of a loaded program: what the kernels assume, checked before any run.
+
+The container checks of ``modelfile`` prove a model.bin is intact; they say nothing of
+whether its program can run. This module does: every node's op is known, its inputs exist
+and are computed before it, its attributes have the types and ranges its kernel indexes
+with, its constants the shapes and value ranges the kernel relies on, and the shape and
+data type the kernel will produce are the ones the program declares. Declared sizes are
+checked against ``max_tensor_bytes`` (Python ints, no overflow) before anything allocates
+them. A program that passes cannot make the executor raise anything but its own errors.
+
+Every failure is one :class:`ProgramError` (a ``ModelFormatError``) naming the node.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from qverify.simulator.errors import ProgramError
+from qverify.v1 import model_pb2
+
+if TYPE_CHECKING:
+    from qverify.simulator.program import NodeView, Program
+
+DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # 1 GiB: far above any edge model's tensor, far below a host's RAM
+MAX_RANK = 8
+MAX_ALIGN = 1024
+ZP8 = (-128, 127)
+M0 = (0, (1 << 31) - 1)
+SHIFT = (-31, 30)  # what quantize_multiplier produces; both rounding modes shift within int64
+FIX = "recompile the model with 'qverify compile'"
+_MISSING = object()
+
+
+def _prefix(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def shape_bytes(shape: tuple[int, ...] | list[int], itemsize: int) -> int:
+    """Bytes of a dense tensor of ``shape``, in Python ints (a huge shape cannot wrap around)."""
+    return math.prod(int(d) for d in shape) * int(itemsize)
+
+
+class NodeCheck:
+    """Checks of one node, each failing with one sentence that names it."""
+
+    def __init__(self, program: Program, node: NodeView, env: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 max_bytes: int, source: str) -> None:
+        self.program, self.node, self.env, self.max_bytes, self.source = program, node, env, max_bytes, source
+        self.kind = f"CPU {node.onnx_op}" if node.on_cpu else node.op
+
+    def fail(self, problem: str, fix: str = FIX) -> NoReturn:
+        raise ProgramError(f"{_prefix(self.source)}node '{self.node.name}' ({self.kind}): {problem}; {fix}",
+                           node=self.node.name, op=self.node.op)
+
+    # ---- attributes ----------------------------------------------------------
+    def attr(self, key: str, default: Any = _MISSING) -> Any:
+        if key in self.node.attrs:
+            return self.node.attrs[key]
+        if default is _MISSING:
+            self.fail(f"lacks attribute '{key}'")
+        return default
+
+    def int_attr(self, key: str, lo: int, hi: int, default: Any = _MISSING) -> int:
+        value = self.attr(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(f"attribute '{key}' must be an integer, got {_show(value)}")
+        if not lo <= value <= hi:
+            self.fail(f"attribute '{key}' is {value}, outside [{lo}, {hi}]")
+        return value
+
+    def ints_attr(self, key: str, count: int | None, lo: int, hi: int, default: Any = _MISSING) -> list[int]:
+        value = self.attr(key, default)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+            self.fail(f"attribute '{key}' must be a list of integers, got {_show(value)}")
+        if count is not None and len(value) != count:
+            self.fail(f"attribute '{key}' must hold {count} integers, got {len(value)}")
+        bad = [v for v in value if not lo <= v <= hi]
+        if bad:
+            self.fail(f"attribute '{key}' holds {bad[0]}, outside [{lo}, {hi}]")
+        return list(value)
+
+    def str_attr(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.attr(key)
+        if value not in choices:
+            self.fail(f"attribute '{key}' is {_show(value)}, expected one of {', '.join(choices)}")
+        return value
+
+    def quant_attrs(self, *keys: str) -> None:
+        for key in keys:
+            self.int_attr(key, *ZP8)
+
+    def clamp_attrs(self) -> None:
+        qmin, qmax = self.int_attr("qmin", *ZP8), self.int_attr("qmax", *ZP8)
+        if qmin > qmax:
+            self.fail(f"output range qmin {qmin} > qmax {qmax}")
+
+    def multiplier_attrs(self, m0: str = "m0", shift: str = "shift") -> None:
+        self.int_attr(m0, *M0)
+        self.int_attr(shift, *SHIFT)
+
+    # ---- inputs, constants, outputs -----------------------------------------
+    def inputs(self, count: int | None = None, dtype: np.dtype | None = np.dtype(np.int8),
+               ranks: tuple[int, int] = (0, MAX_RANK), empty_ok: bool = False) -> list[tuple[int, ...]]:
+        names = self.node.inputs
+        if count is not None and len(names) != count:
+            self.fail(f"has {len(names)} inputs, its kernel takes {count}")
+        if not names:
+            self.fail("has no inputs")
+        shapes = []
+        for name in names:
+            shape, have = self.env[name]
+            if dtype is not None and have != dtype:
+                self.fail(f"input '{name}' is {have}, its kernel takes {np.dtype(dtype)}")
+            if not ranks[0] <= len(shape) <= ranks[1]:
+                self.fail(f"input '{name}' has rank {len(shape)}, its kernel takes rank {ranks[0]} to {ranks[1]}")
+            if not empty_ok and 0 in shape:
+                self.fail(f"input '{name}' is empty ({list(shape)}), which its kernel cannot reduce or window")
+            shapes.append(shape)
+        return shapes
+
+    def consts(self, count: int) -> list[np.ndarray]:
+        if len(self.node.consts) != count:
+            self.fail(f"has {len(self.node.consts)} constants, its kernel takes {count}")
+        return self.node.consts
+
+    def const(self, array: np.ndarray, label: str, kinds: str = "i", shape: tuple[int, ...] | None = None,
+              ranks: tuple[int, ...] | None = None, lo: int | None = None, hi: int | None = None,
+              dtype: np.dtype | None = None) -> np.ndarray:
+        """A constant of dtype kind ``kinds`` ('i' signed int, 'u' unsigned) with the given shape/values."""
+        if (dtype is not None and array.dtype != dtype) or array.dtype.kind not in kinds:
+            want = np.dtype(dtype).name if dtype is not None else "an integer type"
+            self.fail(f"constant {label} is {array.dtype}, expected {want}")
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            self.fail(f"constant {label} has shape {list(array.shape)}, expected {list(shape)}")
+        if ranks is not None and array.ndim not in ranks:
+            self.fail(f"constant {label} has rank {array.ndim}, expected {' or '.join(map(str, ranks))}")
+        if array.size and lo is not None and int(array.min()) < lo:
+            self.fail(f"constant {label} holds {int(array.min())}, below {lo}")
+        if array.size and hi is not None and int(array.max()) > hi:
+            self.fail(f"constant {label} holds {int(array.max())}, above {hi}")
+        return array
+
+    def requant_consts(self, m0: np.ndarray, shift: np.ndarray, channels: int) -> None:
+        self.const(m0, "m0", shape=(channels,), lo=M0[0], hi=M0[1], dtype=np.dtype(np.int32))
+        self.const(shift, "shift", shape=(channels,), lo=SHIFT[0], hi=SHIFT[1], dtype=np.dtype(np.int32))
+
+    def outputs(self, shapes: list[tuple[int, ...]], dtype: np.dtype = np.dtype(np.int8)) -> None:
+        """The kernel produces ``shapes`` of ``dtype``: they must be what the program declares."""
+        if len(self.node.outputs) != len(shapes):
+            self.fail(f"has {len(self.node.outputs)} outputs, its kernel writes {len(shapes)}")
+        for name, shape in zip(self.node.outputs, shapes):
+            tensor = self.program.tensors[name]
+            if tensor.shape != tuple(shape) or tensor.dtype != dtype:
+                self.fail(f"output '{name}' is declared {tensor.dtype}{list(tensor.shape)}, "
+                          f"the kernel computes {np.dtype(dtype)}{list(shape)}")
+
+    def work(self, shape: tuple[int, ...] | list[int], itemsize: int, what: str) -> None:
+        """A working array the kernel allocates must respect the same limit as a tensor."""
+        size = shape_bytes(shape, itemsize)
+        if size > self.max_bytes:
+            self.fail(f"needs a {what} of {size} bytes, over the limit of {self.max_bytes} bytes per tensor",
+                      "recompile the model with smaller tensors, or raise the limit")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate(program: Program, max_tensor_bytes: int | None = None, source: str = "") -> None:
+    """Refuse, with one ProgramError naming the node, any program the kernels cannot run.
+
+    ``max_tensor_bytes`` bounds every declared tensor (its valid and its aligned layout) and
+    every large working array a kernel allocates (default :data:`DEFAULT_MAX_TENSOR_BYTES`).
+    """
+    from qverify.simulator import validate_cpu, validate_ops
+
+    limit = DEFAULT_MAX_TENSOR_BYTES if max_tensor_bytes is None else int(max_tensor_bytes)
+    where = _prefix(source)
+    proto = program.proto
+    _check_target(proto.target, where)
+    _check_names(program, where)
+    for tensor in program.tensors.values():
+        _check_tensor(program, tensor, limit, where)
+    env: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+        name: (tuple(array.shape), array.dtype) for name, array in program.constants.items()}
+    written: set[str] = set()
+    for name in proto.inputs:
+        env[name] = (program.tensors[name].shape, program.tensors[name].dtype)
+    seen_nodes: set[str] = set()
+    for node in program.nodes:
+        check = NodeCheck(program, node, env, limit, source)
+        if not node.name or node.name in seen_nodes:
+            check.fail("has an empty or duplicate node name")
+        seen_nodes.add(node.name)
+        if node.placement not in (model_pb2.PLACEMENT_UNSPECIFIED, model_pb2.NPU, model_pb2.CPU):
+            check.fail(f"has unknown placement {node.placement}")
+        if not node.outputs:
+            check.fail("writes no output")
+        for name in node.inputs:
+            if name and name not in env:
+                check.fail(f"reads '{name}' before any node writes it")
+            if not name and not node.on_cpu:
+                check.fail("has an empty input name")
+        for name in node.outputs:
+            if name in env or name in written:
+                check.fail(f"writes '{name}', which is already a program input, a constant or another "
+                           "node's output")
+            written.add(name)
+        if node.on_cpu:
+            validate_cpu.check(check)
+        else:
+            rule = validate_ops.RULES.get(node.op)
+            if rule is None:
+                check.fail(f"uses op '{node.op}', unknown to this qverify", "update qverify or " + FIX)
+            rule(check)
+        for name in node.outputs:
+            env[name] = (program.tensors[name].shape, program.tensors[name].dtype)
+    for name in proto.outputs:
+        if name not in env or name in program.constants:
+            raise ProgramError(f"{where}program output '{name}' is never written by any node; {FIX}")
+    _check_preprocess(program, where)
+
+
+def _check_target(target: model_pb2.Target, where: str) -> None:
+    for field in ("c_align", "w_align"):
+        value = getattr(target, field)
+        if not 1 <= value <= MAX_ALIGN:
+            raise ProgramError(f"{where}target '{target.name}' has {field} {value}, outside [1, {MAX_ALIGN}]; {FIX}")
+    if target.rounding not in (model_pb2.ROUNDING_SINGLE, model_pb2.ROUNDING_DOUBLE):
+        raise ProgramError(f"{where}target '{target.name}' has unknown rounding mode {target.rounding}; {FIX}")
+
+
+def _check_names(program: Program, where: str) -> None:
+    proto = program.proto
+    if len(program.tensors) != len(proto.tensors) or "" in program.tensors:
+        raise ProgramError(f"{where}the program declares a tensor twice or without a name; {FIX}")
+    if len(program.constants) != len(proto.constants) or "" in program.constants:
+        raise ProgramError(f"{where}the program declares a constant twice or without a name; {FIX}")
+    clash = sorted(set(program.tensors) & set(program.constants))
+    if clash:
+        raise ProgramError(f"{where}'{clash[0]}' is both a tensor and a constant of the program; {FIX}")
+    if len(set(proto.inputs)) != len(proto.inputs):
+        raise ProgramError(f"{where}the program lists an input twice; {FIX}")
+    if not proto.outputs:
+        raise ProgramError(f"{where}the program has no outputs; {FIX}")
+    for names, field in ((proto.onnx_inputs, "inputs"), (proto.onnx_outputs, "outputs")):
+        if names and len(names) != len(getattr(proto, field)):
+            raise ProgramError(f"{where}the program names {len(names)} ONNX {field} for "
+                               f"{len(getattr(proto, field))} program {field}; {FIX}")
+
+
+def _check_tensor(program: Program, tensor, limit: int, where: str) -> None:
+    from qverify.simulator import layout
+
+    what = f"{where}tensor '{tensor.name}'"
+    shape = tensor.shape
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        raise ProgramError(f"{what} has shape {list(shape)}: dims must be >= 0 and rank <= {MAX_RANK}; {FIX}")
+    size = shape_bytes(shape, tensor.dtype.itemsize)
+    aligned = shape_bytes(layout.aligned_shape(shape, program.target), tensor.dtype.itemsize)
+    if max(size, aligned) > limit:
+        raise ProgramError(f"{what} declares {list(shape)} {tensor.dtype}, {max(size, aligned)} bytes, over the "
+                           f"limit of {limit} bytes per tensor; the model is corrupt or too large for this board")
+    if tensor.quantized:
+        if not (math.isfinite(tensor.scale) and tensor.scale > 0):
+            raise ProgramError(f"{what} has quantization scale {tensor.scale}, which must be finite and > 0; {FIX}")
+        if not ZP8[0] <= tensor.zero_point <= ZP8[1]:
+            raise ProgramError(f"{what} has zero point {tensor.zero_point}, outside [-128, 127]; {FIX}")
+    if tensor.info.logical_layout not in ("", "NHWC"):
+        raise ProgramError(f"{what} has unknown layout '{tensor.info.logical_layout}'; {FIX}")
+
+
+def _check_preprocess(program: Program, where: str) -> None:
+    proto = program.proto
+    names = set(proto.inputs) | set(proto.onnx_inputs)
+    for pre in proto.preprocess:
+        what = f"{where}preprocessing of input '{pre.input}'"
+        channels = len(pre.mean)
+        problem = ""
+        if pre.input not in names:
+            problem = "names no input of the program"
+        elif pre.color not in ("BGR", "RGB", "GRAY") or pre.model_color not in ("BGR", "RGB", "GRAY"):
+            problem = f"has unknown colors '{pre.color}'/'{pre.model_color}'"
+        elif channels not in (1, 3) or len(pre.std) != channels:
+            problem = f"has {channels} means and {len(pre.std)} stds, expected 1 or 3 of each"
+        elif pre.color != "GRAY" and (channels == 1 or pre.model_color == "GRAY"):
+            problem = "takes color images for a one-channel model"
+        elif not all(math.isfinite(v) for v in pre.mean) or not all(math.isfinite(v) and v != 0 for v in pre.std):
+            problem = "has a mean or std that is not finite, or a zero std"
+        elif len(pre.image_shape) != 4 or any(d < 1 for d in pre.image_shape):
+            problem = f"has image shape {list(pre.image_shape)}, expected 4 dims >= 1"
+        elif shape_bytes(pre.image_shape, 1) > DEFAULT_MAX_TENSOR_BYTES:
+            problem = f"has an image shape {list(pre.image_shape)} too large for any board"
+        if problem:
+            raise ProgramError(f"{what} {problem}; {FIX}")
