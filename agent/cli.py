@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-model-size", type=_size, default=_size("512M"), help="largest model.bin accepted")
     s.add_argument("--max-input-size", type=_size, default=_size("64M"),
                    help="largest inputs of one run, sent or declared by a model (Perf's random inputs)")
+    s.add_argument("--max-tensor-size", type=_size, default=_size("256M"),
+                   help="largest tensor a model may declare; checked at load, before anything is allocated")
     s.add_argument("--max-message-size", type=_size, default=_size("64M"))
     s.add_argument("--store-capacity", type=_size, default=_size(env("QVERIFY_AGENT_STORE_CAPACITY", "4G")))
     s.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             store_capacity=args.store_capacity, workers=args.workers, grace_s=args.grace,
             config=AgentConfig(board_id=args.board_id, max_queue=args.max_queue, max_model_bytes=args.max_model_size,
                                max_message_bytes=args.max_message_size,
-                               max_input_bytes=args.max_input_size))
+                               max_input_bytes=args.max_input_size, max_tensor_bytes=args.max_tensor_size))
         if faults:
             logging.getLogger("qverify.agent").warning("FAULT INJECTION active (test tooling): %s",
                                                        ", ".join(map(str, faults)))

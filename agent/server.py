@@ -148,7 +148,8 @@ class AgentServer:
         target = options.target
         backend_cls = backends.backend_class(options.backend)
         if options.backend == "sim":
-            self.backend = backend_cls(target, npu_cores=options.npu_cores, faults=list(faults))
+            self.backend = backend_cls(target, npu_cores=options.npu_cores, faults=list(faults),
+                                       max_tensor_bytes=options.config.max_tensor_bytes)
         else:
             self.backend = backend_cls(target)
         options.config.faults = list(faults)

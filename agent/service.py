@@ -45,6 +45,7 @@ class AgentConfig:
     max_model_bytes: int = 512 << 20
     max_message_bytes: int = 64 << 20
     max_input_bytes: int = 64 << 20
+    max_tensor_bytes: int = 256 << 20
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -118,7 +119,8 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             limits=pb.Limits(max_model_bytes=self.config.max_model_bytes,
                              max_message_bytes=self.config.max_message_bytes,
                              store_capacity_bytes=self.store.capacity_bytes, max_queue=self.config.max_queue,
-                             max_input_bytes=self.config.max_input_bytes),
+                             max_input_bytes=self.config.max_input_bytes,
+                             max_tensor_bytes=self.config.max_tensor_bytes),
             capabilities=info.capabilities, npu_cores=info.npu_cores,
             faults=[str(f) for f in self.config.faults])
 

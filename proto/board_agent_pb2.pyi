@@ -42,18 +42,20 @@ class GetInfoRequest(_message.Message):
     def __init__(self, client_protocol_version: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_model_bytes", "max_message_bytes", "store_capacity_bytes", "max_queue", "max_input_bytes")
+    __slots__ = ("max_model_bytes", "max_message_bytes", "store_capacity_bytes", "max_queue", "max_input_bytes", "max_tensor_bytes")
     MAX_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     STORE_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_model_bytes: int
     max_message_bytes: int
     store_capacity_bytes: int
     max_queue: int
     max_input_bytes: int
-    def __init__(self, max_model_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., store_capacity_bytes: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_input_bytes: _Optional[int] = ...) -> None: ...
+    max_tensor_bytes: int
+    def __init__(self, max_model_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., store_capacity_bytes: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_input_bytes: _Optional[int] = ..., max_tensor_bytes: _Optional[int] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
     __slots__ = ("agent_version", "protocol_version", "board_id", "hostname", "backend", "runtime_version", "driver_version", "firmware_version", "target", "cpu_count", "memory_bytes", "model_store_path", "model_store_free_bytes", "limits", "capabilities", "npu_cores", "faults")

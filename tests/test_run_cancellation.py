@@ -91,3 +91,27 @@ def test_perf_refuses_declared_inputs_over_the_limit_before_allocating(agent_poo
         assert f"declares {declared} bytes of inputs" in err.value.details()
         assert "--max-input-size" in err.value.details()
     assert agent.stop() == 0
+
+
+CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+
+
+@pytest.mark.parametrize("stem", ["huge_declared_input", "alignment_zero", "node_without_inputs", "nan_scale"])
+def test_malformed_models_pushed_to_an_agent_are_invalid_argument_and_allocate_nothing(agent_pool, stem):
+    """A 1 KB model declaring gigabytes is refused at load, naming the tensor; the agent stays small."""
+    data = (CORPUS / f"{stem}.bin").read_bytes()
+    agent = agent_pool.start(name="malformed")
+    before = agent.rss_bytes()
+    with agent.client() as client:
+        client.push(data)  # a well-hashed model container: the store takes it, the load judges it
+        for call in (lambda: client.stub.Perf(pb.PerfRequest(model_sha256=model_id(data), frames=1), timeout=30,
+                                              metadata=client.metadata),
+                     lambda: client.run(model_id(data), {}, timeout=30)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            details = err.value.details()
+            assert details.startswith(f"model {model_id(data)[:12]}… cannot be loaded") and "\n" not in details
+            assert str(agent.model_dir) not in details  # the store's path stays on the board
+    assert agent.rss_bytes() < before + (200 << 20)
+    assert agent.stop() == 0

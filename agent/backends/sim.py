@@ -12,8 +12,15 @@ import numpy as np
 
 import qverify
 from qverify.agent import faults as fault_tools
-from qverify.agent.backends.base import Backend, BackendError, BackendInfo, LoadedModel, ModelMismatch
-from qverify.simulator import Simulator, load
+from qverify.agent.backends.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    LoadedModel,
+    ModelInvalid,
+    ModelMismatch,
+)
+from qverify.simulator import Simulator, modelfile
 from qverify.simulator.errors import ModelFormatError
 from qverify.simulator.executor import Dump, RunCancelled, RunResult
 from qverify.simulator.targets import TargetProfile
@@ -63,8 +70,9 @@ class SimBackend(Backend):
     """
 
     def __init__(self, target: TargetProfile, npu_cores: int = 1, faults: list[fault_tools.Fault] = (),
-                 cache_size: int = 8) -> None:
+                 cache_size: int = 8, max_tensor_bytes: int | None = None) -> None:
         self.target = target
+        self.max_tensor_bytes = max_tensor_bytes  # every declared tensor is checked at load, before any allocation
         self.npu_cores = max(1, npu_cores)
         self.faults = list(faults)
         self._cache: OrderedDict[str, SimModel] = OrderedDict()
@@ -83,13 +91,22 @@ class SimBackend(Backend):
             if cached is not None:
                 self._cache.move_to_end(sha256)
                 return cached
+        label = f"model {sha256[:12]}…"  # never the store's path: a client has no business with it
         try:
-            program = load(path)
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise BackendError(f"{label} cannot be read from the board's store ({exc.strerror}); push it again") \
+                from None
+        try:
+            program = modelfile.decode_program(data, label, self.max_tensor_bytes)
         except ModelFormatError as exc:
-            raise BackendError(f"model {sha256[:12]}… cannot be loaded: {exc}") from None
-        if (program.target.c_align, program.target.w_align, program.target.rounding) != (
-                self.target.c_align, self.target.w_align, self.target.rounding):
-            raise ModelMismatch(f"model {sha256[:12]}… was compiled for target '{program.target.name}', this board is "
+            raise ModelInvalid(f"{label} cannot be loaded: {exc}") from None
+        mine = (program.target.c_align, program.target.w_align, program.target.rounding)
+        board = (self.target.c_align, self.target.w_align, self.target.rounding)
+        if mine != board:
+            differ = "; ".join(f"{what} {a!r} here, {b!r} on this board" for what, a, b in
+                               zip(("c_align", "w_align", "rounding"), mine, board) if a != b)
+            raise ModelMismatch(f"{label} was compiled for target '{program.target.name}' ({differ}), this board is "
                                 f"'{self.target.name}'; recompile with 'qverify compile --target {self.target.name}'")
         simulator = Simulator(program)
         fault_tools.apply_to_simulator(simulator, self.faults)
