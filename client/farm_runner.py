@@ -214,7 +214,10 @@ class FarmRun:
     @staticmethod
     def _fill(job: JobResult, result) -> None:
         job.outcome = CONSISTENT if result.passed else INCONSISTENT
-        job.message = "; ".join(p.verdict_line() for p in result.pairs)
+        job.message = "; ".join(p.verdict_line() for p in result.pairs + [q for q in result.plain_pairs
+                                                                            if not q.passed])
+        if result.board_runs_line():  # the board against itself (-r, --repeat): why a board failed
+            job.message += f"; {result.board_runs_line()}"
         if result.latency_failure:
             job.message += f"; {result.latency_failure}"
         tensors = [t for p in result.pairs for t in p.outputs]
