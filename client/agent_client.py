@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import grpc
 import numpy as np
@@ -57,6 +57,10 @@ class BadRequest(AgentError):
     """The agent refused the request as malformed (inputs, options); the message says why."""
 
 
+class ProtocolViolation(AgentError):
+    """The board's reply broke the wire protocol (sizes, offsets, order): an infrastructure failure, exit 3."""
+
+
 _EXCEPTIONS = {
     grpc.StatusCode.UNAVAILABLE: BoardUnreachable,
     grpc.StatusCode.DEADLINE_EXCEEDED: BoardUnreachable,
@@ -89,6 +93,164 @@ class RunOutcome:
     outputs: dict[str, np.ndarray]
     dumps: dict[tuple[str, str], DumpedTensor] = field(default_factory=dict)  # (name, "valid"|"aligned")
     timing: pb.Timing | None = None
+    headers: list[pb.DumpHeader] = field(default_factory=list)  # in stream order
+    messages: int = 0  # RunReply messages read
+
+
+_LAYOUTS = ("valid", "aligned")
+
+
+class RunStreamReader:
+    """The one reader of a Run reply stream: strict, checking before decoding.
+
+    A board's bytes are not trusted: a header whose dtype, shape and byte count disagree,
+    a chunk at the wrong offset or past the end, a dump sent twice, a message after the
+    timing or a stream without timing is a :class:`ProtocolViolation` naming the dump and
+    what is wrong. Shapes are multiplied in Python integers (no overflow), and nothing is
+    allocated from a declared size: buffers grow only with bytes that arrived.
+
+    Stream grammar: batches of small dumps (each header carries its data), or a header
+    followed by its chunks in order for a big one; outputs; the timing last.
+    """
+
+    def __init__(self, source: str = "the board") -> None:
+        self.source = source
+        self.outcome = RunOutcome(outputs={})
+        self._current: pb.DumpHeader | None = None  # a big dump whose chunks are arriving
+        self._current_form: tuple[np.dtype, tuple[int, ...]] = (np.dtype(np.int8), ())
+        self._buffer = bytearray()
+        self._done: list[tuple[int, str, str]] = []  # (index, layout, name) of complete dumps
+
+    # ---- what arrived so far (for a stream that broke)
+    @property
+    def received(self) -> list[str]:
+        """Names of the dumps fully received, in dump order."""
+        return [name for _, _, name in sorted(self._done)]
+
+    @property
+    def outputs_received(self) -> list[str]:
+        return list(self.outcome.outputs)
+
+    def _fail(self, what: str) -> ProtocolViolation:
+        return ProtocolViolation(f"{self.source} sent a malformed Run reply: {what}; the board's qverify-agent is "
+                                 "broken or does not match this qverify: reinstall the same qverify version on the "
+                                 "board and restart qverify-agent")
+
+    @staticmethod
+    def _label(header: pb.DumpHeader) -> str:
+        return f"dump {header.index} '{header.name}' ({header.layout or 'no layout'})"
+
+    def _check_header(self, header: pb.DumpHeader) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype, and shape of the buffer this header announces, once they agree with total_bytes."""
+        from qverify.simulator.program import DTYPES
+
+        label = self._label(header)
+        if header.layout not in _LAYOUTS:
+            raise self._fail(f"{label}: layout must be valid or aligned")
+        dtype = DTYPES.get(header.dtype)
+        if dtype is None:
+            raise self._fail(f"{label}: unknown dtype code {header.dtype}")
+        dims = [int(d) for d in (header.shape if header.layout == "valid" else header.aligned_shape)]
+        if any(d < 0 for d in dims):
+            raise self._fail(f"{label}: negative dimension in shape {_dims_text(dims)}")
+        count = 1
+        for d in dims:
+            count *= d
+        need = count * dtype.itemsize
+        if int(header.total_bytes) != need:
+            raise self._fail(f"{label}: shape {_dims_text(dims)} of {dtype} needs {need} bytes, the header declares "
+                             f"{header.total_bytes}")
+        if (header.name, header.layout) in self.outcome.dumps:
+            raise self._fail(f"{label}: sent twice")
+        return dtype, tuple(dims)
+
+    def _store(self, header: pb.DumpHeader, data: bytearray, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if len(data) != header.total_bytes:
+            raise self._fail(f"{self._label(header)}: got {len(data)} of {header.total_bytes} bytes")
+        # Little-endian on the wire; the bytearray becomes the array's (writable) memory.
+        array = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+        self.outcome.dumps[(header.name, header.layout)] = DumpedTensor(header, array)
+        self._done.append((header.index, header.layout, header.name))
+
+    def _close_current(self) -> None:
+        if self._current is not None:
+            header, self._current = self._current, None
+            data, self._buffer = self._buffer, bytearray()
+            self._store(header, data, *self._current_form)
+
+    def _inline(self, header: pb.DumpHeader) -> None:
+        dtype, shape = self._check_header(header)
+        if len(header.data) != header.total_bytes:
+            raise self._fail(f"{self._label(header)}: {len(header.data)} inline bytes, the header declares "
+                             f"{header.total_bytes}")
+        self.outcome.headers.append(header)
+        self._store(header, bytearray(header.data), dtype, shape)
+
+    def feed(self, reply: pb.RunReply) -> None:
+        """Take one message of the stream; raises ProtocolViolation when it breaks the protocol."""
+        self.outcome.messages += 1
+        if self.outcome.timing is not None:
+            raise self._fail("a message came after the timing, which must be last")
+        kind = reply.WhichOneof("item")
+        if kind == "dump_chunk":
+            chunk = reply.dump_chunk
+            current = self._current
+            if current is None or chunk.index != current.index:
+                raise self._fail(f"a chunk of dump {chunk.index} outside its header")
+            if chunk.offset != len(self._buffer):
+                raise self._fail(f"{self._label(current)}: chunk at offset {chunk.offset}, expected "
+                                 f"{len(self._buffer)}")
+            if len(self._buffer) + len(chunk.data) > current.total_bytes:
+                raise self._fail(f"{self._label(current)}: chunks hold more than the {current.total_bytes} bytes "
+                                 "the header declares")
+            self._buffer += chunk.data
+            return
+        self._close_current()
+        if kind == "dump_batch":
+            for header in reply.dump_batch.dumps:
+                self._inline(header)
+        elif kind == "dump_header":
+            header = reply.dump_header
+            if header.data:  # a single dump with its data inline
+                self._inline(header)
+                return
+            self._current_form = self._check_header(header)  # before any chunk is accepted
+            self.outcome.headers.append(header)
+            self._current = header
+        elif kind == "output":
+            tensor = reply.output
+            if tensor.name in self.outcome.outputs:
+                raise self._fail(f"output '{tensor.name}' sent twice")
+            try:
+                self.outcome.outputs[tensor.name] = from_wire(tensor)
+            except ValueError as exc:  # from_wire checks dtype, dims and byte count before decoding
+                raise self._fail(f"output {str(exc).removeprefix('input ')}") from None
+        elif kind == "timing":
+            self.outcome.timing = reply.timing
+        else:
+            raise self._fail(f"an empty RunReply (item {kind!r})")
+
+    def finish(self) -> RunOutcome:
+        """The outcome of a stream that ended normally (it must have ended with the timing)."""
+        self._close_current()
+        if self.outcome.timing is None:
+            raise self._fail("the stream ended without the timing")
+        return self.outcome
+
+
+def read_run_stream(replies: Iterable[pb.RunReply], source: str = "the board") -> RunOutcome:
+    """Reassemble a whole Run reply stream with :class:`RunStreamReader` (gRPC errors propagate)."""
+    reader = RunStreamReader(source)
+    for reply in replies:
+        reader.feed(reply)
+    return reader.finish()
+
+
+def _dims_text(dims: list[int]) -> str:
+    """A shape for a message: long ones summarised, so a hostile header cannot flood the terminal."""
+    if len(dims) <= 8:
+        return "[" + ", ".join(map(str, dims)) + "]"
+    return "[" + ", ".join(map(str, dims[:3])) + f", ... ({len(dims)} dims)]"
 
 
 def file_sha256(path: Path) -> str:
@@ -170,6 +332,15 @@ class BoardClient:
         self._call(self.stub.PushModel, chunks())
         return sha
 
+    def push_bytes(self, data: bytes, sha256: str) -> None:
+        """Upload a model held in memory (a rewired program for isolation) through PushModel."""
+        def chunks() -> Iterator[pb.PushChunk]:
+            for offset in range(0, max(len(data), 1), CHUNK):
+                yield pb.PushChunk(sha256=sha256 if offset == 0 else "", total_bytes=len(data) if offset == 0 else 0,
+                                   data=data[offset:offset + CHUNK])
+
+        self._call(self.stub.PushModel, chunks())
+
     def run(self, sha256: str, inputs: dict[str, np.ndarray], dump: str | list[str] | None = None,
             layout: str = "valid", dequantized: bool = False, frames: int = 1, warmup: int = 0,
             chunk_bytes: int = 0, isolate: bool = False, feeds: dict[str, np.ndarray] | None = None,
@@ -185,42 +356,22 @@ class BoardClient:
             dump_values=pb.VALUES_DEQUANTIZED if dequantized else pb.VALUES_RAW, frames=frames, warmup=warmup,
             chunk_bytes=chunk_bytes, isolate=isolate, feeds=[to_wire(n, a) for n, a in (feeds or {}).items()],
             groups=[pb.NodeGroup(first=a, last=b) for a, b in (groups or [])])
-        outcome = RunOutcome(outputs={})
-        headers: dict[tuple[int, str], pb.DumpHeader] = {}
-        buffers: dict[tuple[int, str], bytearray] = {}
+        reader = RunStreamReader(f"board {self.address}")
+        call = None
         try:
-            for reply in self.stub.Run(request, timeout=self.timeout, metadata=self.metadata):
-                kind = reply.WhichOneof("item")
-                if kind == "output":
-                    outcome.outputs[reply.output.name] = from_wire(reply.output)
-                elif kind == "dump_batch":
-                    for header in reply.dump_batch.dumps:  # small dumps, data inline
-                        key = (header.index, header.layout)
-                        headers[key] = header
-                        buffers[key] = bytearray(header.data)
-                elif kind == "dump_header":
-                    key = (reply.dump_header.index, reply.dump_header.layout)
-                    headers[key] = reply.dump_header
-                    buffers[key] = bytearray(reply.dump_header.data)
-                elif kind == "dump_chunk":
-                    key = next(k for k in headers if k[0] == reply.dump_chunk.index
-                               and len(buffers[k]) < headers[k].total_bytes)
-                    buffers[key] += reply.dump_chunk.data
-                elif kind == "timing":
-                    outcome.timing = reply.timing
+            call = self.stub.Run(request, timeout=self.timeout, metadata=self.metadata)
+            for reply in call:
+                reader.feed(reply)
+        except ProtocolViolation:
+            call.cancel()  # stop the board streaming a reply nobody reads
+            raise
         except grpc.RpcError as error:
             failure = map_error(error, self.address)
             # What arrived before the stream broke: which tensors the board had finished.
-            failure.received = [h.name for k, h in sorted(headers.items()) if len(buffers[k]) >= h.total_bytes]
-            failure.outputs_received = list(outcome.outputs)
+            failure.received = reader.received
+            failure.outputs_received = reader.outputs_received
             raise failure from None
-        from qverify.simulator.program import dtype_of
-
-        for key, header in headers.items():
-            shape = header.shape if header.layout == "valid" else header.aligned_shape
-            array = np.frombuffer(bytes(buffers[key]), dtype=dtype_of(header.dtype)).reshape(tuple(shape))
-            outcome.dumps[(header.name, header.layout)] = DumpedTensor(header, array)
-        return outcome
+        return reader.finish()
 
     def perf(self, sha256: str, inputs: dict[str, np.ndarray] | None = None, frames: int = 100, threads: int = 1,
              warmup: int = 0) -> pb.PerfReply:

@@ -57,14 +57,27 @@ def parse_board(text: str | None, port: int | None = None) -> tuple[str | None, 
     if not text:
         raise BoardSpecError("-b: empty board address; give HOST or HOST:PORT")
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        host, closed, rest = text[1:].partition("]")
+        if not closed:
+            raise BoardSpecError(f"-b {text}: missing ']' after the IPv6 address; write [ADDRESS] or [ADDRESS]:PORT")
+        if rest and not rest.startswith(":"):
+            raise BoardSpecError(f"-b {text}: unexpected '{rest}' after ']'; write [ADDRESS] or [ADDRESS]:PORT")
+        if rest == ":":
+            raise BoardSpecError(f"-b {text}: no port after ':'; write [ADDRESS]:PORT or leave the ':' out")
+        port_text = rest[1:]
+        if not host or "]" in host or "[" in host:
+            raise BoardSpecError(f"-b {text}: '{host}' is not an address; write [ADDRESS] or [ADDRESS]:PORT")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
+        if not port_text:
+            raise BoardSpecError(f"-b {text}: no port after ':'; write HOST:PORT or leave the ':' out")
     else:
         host, port_text = text, ""
     if not host:
         raise BoardSpecError(f"-b {text}: no host; give HOST or HOST:PORT")
+    if any(c in host for c in "[]/@") or any(c.isspace() for c in host):
+        raise BoardSpecError(f"-b {text}: '{host}' is not a host name or address; give HOST, HOST:PORT or "
+                             "[IPv6]:PORT")
     if port_text:
         try:
             value = int(port_text)

@@ -20,11 +20,11 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from qverify.client.boards import BoardOptions, parse_board
 from qverify.client.cli import EXIT_BAD_INPUT, Failure
+from qverify.client.views import safe_text
 
 _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
@@ -88,7 +88,7 @@ def _load_model_bin(path: Path):
 
 
 def _say(message: str) -> None:
-    _err.print(f"[dim]… {escape(message)}[/dim]")
+    _err.print(f"[dim]… {safe_text(message, None)}[/dim]")
 
 
 def _where(options: BoardOptions) -> str:
@@ -109,7 +109,9 @@ def _size(n: int) -> str:
 
 
 def _shape_text(shape) -> str:
-    return "x".join(str(int(d)) for d in shape) or "scalar"
+    from qverify.client.views import dims_text
+
+    return dims_text(shape) or "scalar"
 
 
 # ---------------------------------------------------------------------------- run
@@ -265,12 +267,12 @@ def _print_run(manifest: dict, outdir: Path, timings: list, dump_all: bool) -> N
     files = manifest["files"]
     shown = [f for f in files if f["output"]] if dump_all else files
     where = "the embedded emulated board" if manifest["board"]["embedded"] else manifest["board"]["address"]
-    table = Table(title=f"{escape(manifest['program'] or Path(manifest['model']).name)} on {escape(str(where))}",
+    table = Table(title=f"{safe_text(manifest['program'] or Path(manifest['model']).name)} on {safe_text(where)}",
                   title_justify="left")
     for column in ("tensor", "layout", "shape", "dtype", "file"):
         table.add_column(column, overflow="fold")
     for f in shown:
-        table.add_row(escape(f["tensor"]), f["layout"], _shape_text(f["shape"]), f["dtype"], escape(f["file"]))
+        table.add_row(safe_text(f["tensor"]), f["layout"], _shape_text(f["shape"]), f["dtype"], safe_text(f["file"]))
     _out.print(table)
     if dump_all:
         _out.print(f"{len(files)} files ({len(files) - len(shown)} layer dumps besides the outputs); "
@@ -285,8 +287,8 @@ def _print_run(manifest: dict, outdir: Path, timings: list, dump_all: bool) -> N
                  f"min {_ms(d.min_us)} / median {_ms(d.median_us)} / p99 {_ms(d.p99_us)} / max {_ms(d.max_us)} ms")
         _out.print(f"{prefix}latency over {count} frame{'s' if count != 1 else ''}: {stats} "
                    f"(queue wait {_ms(timing.queue_wait_us)} ms, core {timing.core})", soft_wrap=True)
-    _out.print(f"saved {len(files)} file{'s' if len(files) != 1 else ''} to {escape(str(outdir))} "
-               f"({manifest['format']}), manifest {escape(str(outdir / 'manifest.json'))}", soft_wrap=True)
+    _out.print(f"saved {len(files)} file{'s' if len(files) != 1 else ''} to {safe_text(outdir, None)} "
+               f"({manifest['format']}), manifest {safe_text(outdir / 'manifest.json', None)}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- perf
@@ -383,7 +385,7 @@ def _layer_rows(timing) -> list[dict[str, Any]]:
 def _print_perf(figures: dict) -> None:
     lat = figures["latency_ms"]
     where = "the embedded emulated board" if figures["board"]["embedded"] else figures["board"]["address"]
-    table = Table(title=f"{escape(figures['program'] or Path(figures['model']).name)} on {escape(str(where))}",
+    table = Table(title=f"{safe_text(figures['program'] or Path(figures['model']).name)} on {safe_text(where)}",
                   title_justify="left", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -403,7 +405,7 @@ def _print_perf(figures: dict) -> None:
                                 ("max ms", "right"), ("share", "right")):
             top.add_column(column, justify=justify, overflow="fold")
         for r in rows[:TOP_LAYERS]:
-            top.add_row(escape(r["node"]), escape(r["op"]), r["placement"], f"{r['median_ms']:.3f}",
+            top.add_row(safe_text(r["node"]), safe_text(r["op"]), r["placement"], f"{r['median_ms']:.3f}",
                         f"{r['max_ms']:.3f}", f"{100 * r['share']:.1f}%")
         _out.print(top)
     _out.print(f"FPS {figures['fps']:.2f}, median latency {lat['median']:.3f} ms over {figures['frames']} frames on "
@@ -468,49 +470,69 @@ def board_summary(client, options: BoardOptions) -> dict[str, Any]:
     }
 
 
+BOARD_MODEL_ROWS = 100  # stored models listed by `board info` (--json has them all)
+BOARD_LIST_ITEMS = 32  # capabilities / faults shown before a count
+
+
+def _items_text(values: list) -> str:
+    """A board-sent list for one cell: each item made literal, long lists cut with a count."""
+    shown = ", ".join(safe_text(v) for v in values[:BOARD_LIST_ITEMS])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > BOARD_LIST_ITEMS else "")
+
+
 def _print_board(s: dict) -> None:
+    """Everything here came from the board: shown literally (no markup, no terminal control)."""
     import datetime
 
     where = "the embedded emulated board (this process)" if s["embedded"] else s["address"]
-    table = Table(title=f"{escape(s['board_id'])} ({escape(str(where))})", title_justify="left", show_header=False)
+    table = Table(title=f"{safe_text(s['board_id'])} ({safe_text(where)})", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
     t = s["target"]
     store = s["model_store"]
     limits = s["limits"]
     rows = [
-        ("agent", f"qverify-agent {s['agent_version']}, protocol {s['protocol_version']}"),
-        ("hostname", s["hostname"]),
-        ("backend", s["backend"]),
-        ("runtime / driver / firmware", " / ".join(v or "-" for v in (s["runtime_version"], s["driver_version"],
-                                                                        s["firmware_version"]))),
-        ("target", f"{t['name']} (NHWC, C%{t['c_align']}, W%{t['w_align']}, {t['rounding']} rounding)"),
+        ("agent", f"qverify-agent {safe_text(s['agent_version'])}, protocol {safe_text(s['protocol_version'])}"),
+        ("hostname", safe_text(s["hostname"])),
+        ("backend", safe_text(s["backend"])),
+        ("runtime / driver / firmware", " / ".join(safe_text(v or "-") for v in (
+            s["runtime_version"], s["driver_version"], s["firmware_version"]))),
+        ("target", f"{safe_text(t['name'])} (NHWC, C%{t['c_align']}, W%{t['w_align']}, {t['rounding']} rounding)"),
         ("cpus / memory", f"{s['cpu_count']} / {_size(s['memory_bytes'])}"),
         ("npu cores", str(s["npu_cores"])),
-        ("model store", f"{store['path']}: {_size(store['used_bytes'])} used of {_size(store['capacity_bytes'])}, "
-                        f"{_size(store['free_bytes'])} free on disk"),
+        ("model store", f"{safe_text(store['path'])}: {_size(store['used_bytes'])} used of "
+                        f"{_size(store['capacity_bytes'])}, {_size(store['free_bytes'])} free on disk"),
         ("limits", f"model {_size(limits['max_model_bytes'])}, message {_size(limits['max_message_bytes'])}, "
                    f"inputs {_size(limits['max_input_bytes'])}, queue {limits['max_queue']} per core"),
-        ("capabilities", ", ".join(s["capabilities"]) or "-"),
-        ("active faults", ", ".join(s["faults"]) or "none"),
+        ("capabilities", _items_text(s["capabilities"]) or "-"),
+        ("active faults", _items_text(s["faults"]) or "none"),
     ]
     for key, value in rows:
         style = "[red]" if key == "active faults" and s["faults"] else ""
-        table.add_row(key, f"{style}{escape(value)}" + ("[/]" if style else ""))
+        table.add_row(key, f"{style}{value}" + ("[/]" if style else ""))
     _out.print(table)
     if not s["models"]:
         _out.print("no models stored")
         return
-    models = Table(title=f"stored models ({len(s['models'])})", title_justify="left")
+    stored = sorted(s["models"], key=lambda m: m["last_used_unix_ms"], reverse=True)
+    shown = stored[:BOARD_MODEL_ROWS]
+    title = f"stored models ({len(stored)}" + (f", the {len(shown)} used last listed)" if len(shown) < len(stored)
+                                                 else ")")
+    models = Table(title=title, title_justify="left")
     for column, justify in (("sha256", "left"), ("size", "right"), ("name", "left"), ("target", "left"),
                             ("last used", "left")):
         models.add_column(column, justify=justify, overflow="fold")
-    for m in sorted(s["models"], key=lambda m: m["last_used_unix_ms"], reverse=True):
-        used = (datetime.datetime.fromtimestamp(m["last_used_unix_ms"] / 1000).strftime("%Y-%m-%d %H:%M:%S")
-                if m["last_used_unix_ms"] else "-")
-        models.add_row(m["sha256"][:12], _size(m["size_bytes"]), escape(m["name"] or "-"), escape(m["target"] or "-"),
-                       used)
+    for m in shown:
+        try:
+            used = (datetime.datetime.fromtimestamp(m["last_used_unix_ms"] / 1000).strftime("%Y-%m-%d %H:%M:%S")
+                    if m["last_used_unix_ms"] else "-")
+        except (ValueError, OverflowError, OSError):  # a time the board made up
+            used = "?"
+        models.add_row(safe_text(m["sha256"][:12]), _size(m["size_bytes"]), safe_text(m["name"] or "-"),
+                       safe_text(m["target"] or "-"), used)
     _out.print(models)
+    if len(shown) < len(stored):
+        _out.print(f"… {len(stored) - len(shown)} more models; qverify board info --json lists them all")
 
 
 # ---------------------------------------------------------------------------- registration

@@ -167,9 +167,15 @@ class _Locator:
 def load_inventory(path: Path) -> Inventory:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read the inventory ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 by definition, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InventoryError(f"{path}:{line}: byte {exc.start} (0x{raw[exc.start]:02x}) is not UTF-8; TOML files "
+                             "must be UTF-8: save the inventory as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -195,11 +201,27 @@ def load_inventory(path: Path) -> Inventory:
             if entry.name in seen:
                 raise loc.error(f"{kind}[{i}].name", f"'{entry.name}' is used twice", kind, i, "name")
             seen.add(entry.name)
+    _refuse_shared_addresses(boards, loc)
     matrix = [_rule(i, r, loc) for i, r in enumerate(data.get("matrix", []))]
     inventory = Inventory(path, boards, models, matrix, settings)
     if not inventory.pairs():
         raise InventoryError(f"{path}: no (board, model) pair: check the labels and the [[matrix]] rules")
     return inventory
+
+
+def _refuse_shared_addresses(boards: list[BoardEntry], loc: "_Locator") -> None:
+    """Two entries for one agent would run two jobs at once on one board and report it twice."""
+    seen: dict[tuple[str, int], int] = {}
+    for i, board in enumerate(boards):
+        if board.host is None:  # a labgrid place: its address is known only once acquired
+            continue
+        key = (board.host.strip().strip("[]").lower(), board.agent_port)
+        if key in seen:
+            first = boards[seen[key]]
+            raise loc.error(f"boards[{i}].host", f"{board.host}:{board.agent_port} is already board "
+                            f"'{first.name}' (boards[{seen[key]}]); give each board its own host and agent_port",
+                            "boards", i, "host")
+        seen[key] = i
 
 
 def _with_defaults(parse, index: int, table: dict, defaults: dict, keys: set[str], loc: "_Locator", base: Path):

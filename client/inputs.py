@@ -98,8 +98,19 @@ def _from_image_array(port: InputPort, image: np.ndarray, frame: Frame, source: 
     frame.sources[port.name] = source
 
 
+def _refuse_non_finite(port: InputPort, x: np.ndarray, source: str) -> None:
+    """NaN or Inf in a file is the file's fault: quantizing it would hand every side an arbitrary
+    code (and onnxruntime a NaN), and the comparison would then blame the board."""
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        nan = int(np.count_nonzero(np.isnan(x)))
+        raise InputFileError(f"-i {source}: input '{port.onnx_name}' holds {bad} NaN/Inf value{'s' if bad != 1 else ''} "
+                             f"({nan} NaN, {bad - nan} Inf) of {x.size}; give finite numbers")
+
+
 def _from_float(port: InputPort, x: np.ndarray, frame: Frame, source: str) -> None:
     x = np.ascontiguousarray(x, dtype=np.float32)
+    _refuse_non_finite(port, x, source)  # also float64 values beyond float32's range, now Inf
     frame.onnx[port.onnx_name] = x
     if port.preprocess is not None:
         raise InputFileError(f"{source}: model input '{port.name}' takes images (embedded preprocessing); give an "
@@ -167,10 +178,18 @@ def load_image(path: Path, port: InputPort) -> np.ndarray:
     return np.ascontiguousarray(pixels)[None]
 
 
-def _load_file(path: Path, port: InputPort, frame: Frame) -> None:
-    source = str(path)
+def _require_file(path: Path) -> None:
+    """A folder and a missing file are different mistakes; say which."""
+    if path.is_dir():
+        raise InputFileError(f"-i {path}: is a folder; give a file (an image, .npy, .npz or raw .bin), one -i per "
+                             "file")
     if not path.is_file():
         raise InputFileError(f"-i {path}: no such file")
+
+
+def _load_file(path: Path, port: InputPort, frame: Frame) -> None:
+    source = str(path)
+    _require_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix in IMAGE_SUFFIXES:
@@ -227,6 +246,11 @@ def build_frames(ports: list[InputPort], specs: list[str], seed: int = 0) -> lis
         name, sep, file = spec.partition(":")
         if sep and name in by_name and file:
             named.setdefault(by_name[name].name, []).append(Path(file))
+        elif sep and name and file and not Path(spec).exists():
+            # NAME:FILE with a NAME the model lacks (a file whose name holds ':' is taken as a file)
+            names = ", ".join(dict.fromkeys(n for p in ports for n in (p.onnx_name, p.name)))
+            raise InputFileError(f"-i {spec}: the model has no input named '{name}' (its inputs: {names}), and "
+                                 f"there is no file '{spec}'; write NAME:FILE with one of those names, or FILE")
         elif len(ports) == 1:
             named.setdefault(ports[0].name, []).append(Path(spec))
         elif Path(spec).suffix.lower() == ".npz":
@@ -274,8 +298,7 @@ def _npz_frame(path: Path, ports: list[InputPort], by_name: dict[str, InputPort]
 
 
 def _open_npz(path: Path):
-    if not path.is_file():
-        raise InputFileError(f"-i {path}: no such file")
+    _require_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

@@ -35,6 +35,7 @@ import base64
 import errno
 import getpass
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -78,6 +79,16 @@ _MAX_PACKET_SIZE = 32768
 _AUTH_TIMEOUT = 30.0              # at least this long for an answer to a key (agents may ask the user first)
 _STALL_TIMEOUT = 60.0             # seconds without progress on the SFTP channel before giving up
 _CLEANUP_TIMEOUT = 10.0           # seconds the removal of a .part file may take after a failure
+_GREETING_PEEK = 256              # bytes of the server's first words kept to name what answered
+
+# paramiko's transport thread logs every failed handshake as an ERROR with a traceback; with no
+# logging configured Python's last-resort handler prints that on stderr beside our one-line
+# error. Transports log under this module's logger instead (``_transport_factory``), which has
+# the NullHandler a library gives its own logger: silent by default, visible to an application
+# that configures logging.
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+_PARAMIKO_LOG = f"{__name__}.paramiko"
 
 
 # --------------------------------------------------------------------------- public types
@@ -382,14 +393,75 @@ def _transport_factory(sock, **kwargs) -> paramiko.Transport:
     ciphers = tuple(security.ciphers)
     preferred = tuple(c for c in _GCM_CIPHERS if c in ciphers)
     security.ciphers = preferred + tuple(c for c in ciphers if c not in preferred)
+    transport.set_log_channel(_PARAMIKO_LOG)  # channels and SFTP log under it too
     return transport
 
 
-def _connect_error(exc: BaseException, target: _Target, timeout: float) -> SshError:
-    """One actionable sentence for each way a connection can fail before the SFTP session."""
+def _greeting_text(greeting: bytes) -> str:
+    """The first line a server sent, printable and short, for a message."""
+    line = greeting.split(b"\n", 1)[0].rstrip(b"\r")
+    text = "".join(c if c.isprintable() else "?" for c in line.decode("latin-1"))
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+def _open_socket(target: _Target, timeout: float) -> tuple[socket.socket, bytes]:
+    """A TCP connection to the SSH port, and the first bytes the server sent (peeked: paramiko reads
+    them again). Waiting for them here lets a port that is not sshd be named as such, with what it
+    said, instead of paramiko's generic banner error."""
+    where = f"port {target.port} on {target.hostname}"
+    started = time.monotonic()
+    try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
+    except socket.gaierror as exc:
+        raise SshUnreachable(f"cannot resolve the SSH host name {target.hostname!r} ({exc.strerror}); check the "
+                             "board's name or use its IP address") from None
+    except ConnectionRefusedError:
+        raise SshUnreachable(f"nothing accepts SSH connections on {target.hostname}:{target.port} (connection "
+                             "refused); check the address and port and that sshd runs on the board") from None
+    except (socket.timeout, TimeoutError):
+        raise SshUnreachable(f"no TCP connection to {target.hostname}:{target.port} within {timeout:g} s; check the "
+                             "address, the network and that the board is powered and booted") from None
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            raise SshUnreachable(f"no route to {target.hostname}:{target.port} (host unreachable); check the address, "
+                                 "the network and that the board is powered and booted") from None
+        raise SshUnreachable(f"cannot connect to {target.hostname}:{target.port} ({exc.strerror or exc}); check the "
+                             "address and the network") from None
+    try:
+        remaining = max(0.1, timeout - (time.monotonic() - started))
+        sock.settimeout(remaining)
+        try:
+            greeting = sock.recv(_GREETING_PEEK, socket.MSG_PEEK)
+        except (socket.timeout, TimeoutError):
+            raise SshUnreachable(f"{target.hostname}:{target.port} accepted the connection but sent no SSH greeting "
+                                 f"within {timeout:g} s; "
+                                 "check the SSH port (--ssh-port) and that the board is not overloaded") from None
+        except OSError as exc:
+            raise SshUnreachable(f"{where} dropped the connection before any SSH greeting ({exc.strerror or exc}); "
+                                 "check the SSH port (--ssh-port)") from None
+        if not greeting:
+            raise SshUnreachable(f"{where} did not answer as an SSH server (connection closed during the handshake, "
+                                 "nothing sent); check the SSH port (--ssh-port) and that sshd there accepts this "
+                                 "host")
+        sock.settimeout(timeout)
+        return sock, greeting
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _connect_error(exc: BaseException, target: _Target, timeout: float, greeting: bytes = b"") -> SshError:
+    """One actionable sentence for each way a connection can fail before the SFTP session.
+
+    ``greeting``: the first bytes the server sent, when it sent any.
+    """
     where = f"{target.hostname}:{target.port}"
     if isinstance(exc, SshError):
         return exc
+    if greeting and not greeting.startswith(b"SSH-") and isinstance(exc, (paramiko.SSHException, EOFError)) and (
+            isinstance(exc, EOFError) or any(m in str(exc) for m in ("banner", "protocol version"))):
+        return SshUnreachable(f"port {target.port} on {target.hostname} did not answer as an SSH server (got "
+                              f"{_greeting_text(greeting)!r}); check the SSH port (--ssh-port)")
     if isinstance(exc, paramiko.BadHostKeyException):
         return _host_key_changed(target, exc)
     if isinstance(exc, paramiko.AuthenticationException):
@@ -435,6 +507,7 @@ def connect(host: str, options: SshOptions = SshOptions()) -> paramiko.SSHClient
 def _connect(target: _Target, options: SshOptions) -> paramiko.SSHClient:
     timeout = float(options.connect_timeout)
     client = paramiko.SSHClient()
+    greeting = b""
     try:
         try:  # read-only, like OpenSSH's GlobalKnownHostsFile; an unreadable one is skipped
             if _SYSTEM_KNOWN_HOSTS.is_file():
@@ -448,7 +521,8 @@ def _connect(target: _Target, options: SshOptions) -> paramiko.SSHClient:
                 raise SshError(f"cannot read the known hosts file {target.known_hosts} ({exc}); fix its permissions "
                                "or content, then connect again") from None
         client.set_missing_host_key_policy(RecordNewHostKeys(target.known_hosts))
-        client.connect(target.hostname, target.port, username=target.user, timeout=timeout,
+        sock, greeting = _open_socket(target, timeout)
+        client.connect(target.hostname, target.port, username=target.user, timeout=timeout, sock=sock,
                        banner_timeout=timeout, auth_timeout=max(timeout, _AUTH_TIMEOUT), channel_timeout=timeout,
                        allow_agent=False, look_for_keys=False, transport_factory=_transport_factory,
                        auth_strategy=_KeyAuth(target))
@@ -456,7 +530,7 @@ def _connect(target: _Target, options: SshOptions) -> paramiko.SSHClient:
     except BaseException as exc:
         client.close()
         if isinstance(exc, Exception):
-            raise _connect_error(exc, target, timeout) from None
+            raise _connect_error(exc, target, timeout, greeting) from None
         raise
 
 

@@ -10,7 +10,8 @@
   the ``agent_pool`` (per test) and ``module_agent_pool`` (per module) fixtures wrap it.
 * ``AgentClient`` talks to an agent: ``push`` sends a model.bin through PushModel in 1 MiB
   chunks, ``run`` sends a RunRequest and reassembles the streamed dump chunks into numpy
-  arrays (checking indices, offsets and sizes as it goes), ``reference_run`` gives the
+  arrays with the client's own strict reader (``qverify.client.agent_client.RunStreamReader``,
+  which checks indices, offsets and sizes before decoding), ``reference_run`` gives the
   in-process simulator's answer for the same request.
 
 Every wait here is bounded: gRPC calls carry deadlines, process waits have timeouts.
@@ -33,9 +34,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qverify.agent.tensors import from_wire, to_wire
+from qverify.agent import PROTOCOL_VERSION
+from qverify.agent.tensors import to_wire
+from qverify.client.agent_client import ProtocolViolation, RunStreamReader, read_run_stream
 from qverify.simulator import Simulator
-from qverify.simulator.program import DTYPES
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import board_agent_pb2_grpc as rpc
 
@@ -65,8 +67,8 @@ class AgentStartError(RuntimeError):
     """The agent did not come up; the message carries its log."""
 
 
-class ProtocolError(AssertionError):
-    """The agent's reply stream broke the protocol (chunk order, offsets, sizes)."""
+# The agent's reply stream broke the protocol (chunk order, offsets, sizes): the client's own error.
+ProtocolError = ProtocolViolation
 
 
 def free_port() -> int:
@@ -319,77 +321,24 @@ class RunOutput:
 
 
 def decode_dump(header: pb.DumpHeader, data: bytes) -> np.ndarray:
-    dtype = DTYPES[header.dtype]
-    shape = tuple(header.shape) if header.layout == "valid" else tuple(header.aligned_shape)
-    return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    """One dump's bytes as the client decodes them (the production reader's checks included)."""
+    reader = RunStreamReader("the agent")
+    reader.feed(pb.RunReply(dump_batch=pb.DumpBatch(dumps=[pb.DumpHeader(**_header_fields(header), data=data)])))
+    return reader.outcome.dumps[(header.name, header.layout)].array
+
+
+def _header_fields(header: pb.DumpHeader) -> dict:
+    return {f.name: v for f, v in header.ListFields() if f.name != "data"}
 
 
 def collect(replies: Iterable[pb.RunReply]) -> RunOutput:
-    """Reassemble a Run stream: batches of small dumps (data inline), or a header then its chunks in
-    order for a big one; outputs; timing last."""
-    out = RunOutput()
-    current: pb.DumpHeader | None = None
-    buffer = bytearray()
-
-    def finish() -> None:
-        if current is None:
-            return
-        if len(buffer) != current.total_bytes:
-            raise ProtocolError(f"dump {current.index} '{current.name}' ({current.layout}): got {len(buffer)} of "
-                                f"{current.total_bytes} bytes")
-        key = (current.name, current.layout)
-        if key in out.dumps:
-            raise ProtocolError(f"dump {key} sent twice")
-        out.dumps[key] = decode_dump(current, bytes(buffer))
-
-    def inline(header: pb.DumpHeader) -> None:
-        key = (header.name, header.layout)
-        if key in out.dumps:
-            raise ProtocolError(f"dump {key} sent twice")
-        if len(header.data) != header.total_bytes:
-            raise ProtocolError(f"dump '{header.name}' ({header.layout}): {len(header.data)} inline bytes of "
-                                f"{header.total_bytes}")
-        out.headers.append(header)
-        out.dumps[key] = decode_dump(header, header.data)
-
-    for reply in replies:
-        out.messages += 1
-        if out.timing is not None:
-            raise ProtocolError("a message came after the timing (which must be last)")
-        kind = reply.WhichOneof("item")
-        if kind == "dump_batch":
-            finish()
-            current = None
-            for header in reply.dump_batch.dumps:
-                inline(header)
-        elif kind == "dump_header":
-            finish()
-            current, buffer = reply.dump_header, bytearray()
-            if current.data:  # a single dump with its data inline
-                inline(current)
-                current = None
-                continue
-            out.headers.append(current)
-        elif kind == "dump_chunk":
-            chunk = reply.dump_chunk
-            if current is None or chunk.index != current.index:
-                raise ProtocolError(f"chunk of dump {chunk.index} outside its header")
-            if chunk.offset != len(buffer):
-                raise ProtocolError(f"dump {chunk.index}: chunk at offset {chunk.offset}, expected {len(buffer)}")
-            buffer += chunk.data
-        elif kind == "output":
-            finish()
-            current = None
-            out.outputs[reply.output.name] = from_wire(reply.output)
-        elif kind == "timing":
-            finish()
-            current = None
-            out.timing = reply.timing
-        else:
-            raise ProtocolError(f"empty RunReply (item {kind!r})")
-    if out.timing is None:
-        raise ProtocolError("the stream ended without timing")
-    return out
+    """Reassemble a Run stream with the client's own strict reader (qverify.client.agent_client):
+    batches of small dumps (data inline), or a header then its chunks in order for a big one;
+    outputs; timing last. A broken stream raises ProtocolError."""
+    outcome = read_run_stream(replies, "the agent")
+    return RunOutput(outputs=outcome.outputs, headers=outcome.headers,
+                     dumps={key: dumped.array for key, dumped in outcome.dumps.items()}, timing=outcome.timing,
+                     messages=outcome.messages)
 
 
 class AgentClient:
@@ -413,7 +362,7 @@ class AgentClient:
 
     # ---- unary calls
     def info(self, timeout: float = CALL_TIMEOUT) -> pb.AgentInfo:
-        return self.stub.GetInfo(pb.GetInfoRequest(client_protocol_version="1.0"), timeout=timeout,
+        return self.stub.GetInfo(pb.GetInfoRequest(client_protocol_version=PROTOCOL_VERSION), timeout=timeout,
                                  metadata=self.metadata)
 
     def has(self, sha: str, timeout: float = CALL_TIMEOUT) -> pb.HasModelReply:

@@ -10,6 +10,7 @@ import pytest
 
 import synthetic
 from agent_harness import agent_pool, free_port  # noqa: F401  (fixture)
+from qverify.agent import PROTOCOL_VERSION
 from qverify.client.agent_client import (
     AuthenticationError,
     BadRequest,
@@ -42,7 +43,7 @@ def test_push_run_and_dumps_equal_the_simulator(agent_pool, model_bin):  # noqa:
     program = load(model_bin)
     with BoardClient(agent.address) as board:
         info = board.info()
-        assert info.protocol_version == "1.0" and info.backend == "sim"
+        assert info.protocol_version == PROTOCOL_VERSION and info.backend == "sim"
         sha = board.push(model_bin)
         assert board.has(sha) and board.push(model_bin) == sha  # second push: already there
         result = board.run(sha, _feed(program), dump="all", layout="both")

@@ -12,7 +12,8 @@ import pytest
 
 import synthetic
 from agent_harness import free_port, module_agent_pool  # noqa: F401  (fixture)
-from qverify.client import cli, dumpfiles, exec_commands
+from qverify.agent import PROTOCOL_VERSION
+from qverify.client import cli, dumpfiles
 from qverify.simulator import Simulator, load
 from qverify.simulator.compiler import compile_model
 from qverify.simulator.modelfile import save
@@ -21,9 +22,9 @@ from qverify.simulator.modelfile import save
 @pytest.fixture(scope="module", autouse=True)
 def commands_registered():
     """The commands as `qverify` has them (registered here if the CLI does not do it itself)."""
-    names = {c.name for c in cli.app.registered_commands}
-    if "run" not in names:
-        exec_commands.register(cli.app)
+    # The CLI's own registration (run, perf, board and farm): registering only exec_commands here
+    # would make it skip the farm commands for every later test in the same session.
+    cli._register_exec_commands()
     yield
 
 
@@ -307,7 +308,7 @@ def test_board_info_lists_the_model_pushed_by_a_run(models, agent, tmp_path, cap
     code, stdout, _ = qv(capsys, "board", "info", "-b", agent.address, "--json")
     assert code == 0
     info = json.loads(stdout)
-    assert info["backend"] == "sim" and info["protocol_version"] == "1.0" and info["embedded"] is False
+    assert info["backend"] == "sim" and info["protocol_version"] == PROTOCOL_VERSION and info["embedded"] is False
     assert info["target"]["name"] == "sim-a16" and info["npu_cores"] >= 1 and "perf" in info["capabilities"]
     stored = {m["sha256"]: m for m in info["models"]}
     sha = file_sha256(models["bin"])
