@@ -227,3 +227,62 @@ class IsolationJudge:
     @property
     def first_wrong(self) -> IsolatedLayer | None:
         return next((layer for layer in self.ordered if not layer.passed), None)
+
+
+# ----------------------------------------------------------------------------- without the capability
+
+FED_SUFFIX = "@fed"
+
+
+def rewire(proto, groups: list[tuple[int, int]], fed: set[str]):
+    """A copy of the program where every group reads the tensors it does not compute from new
+    program inputs ``<name>@fed``: one program, pushed and run whole, that is the isolated run.
+
+    For a board whose agent cannot isolate (no "isolate" capability): it runs any program,
+    so it runs this one. ``fed``: the tensors the reference provides. Program inputs the
+    reference does not provide stay inputs (fed from the frame, e.g. an image that the
+    program preprocesses itself); constants stay constants. Returns (program, names of the
+    new inputs in order).
+    """
+    from qverify.v1 import model_pb2
+
+    out = model_pb2.Program()
+    out.CopyFrom(proto)
+    constants = {c.name for c in proto.constants}
+    infos = {t.name: t for t in proto.tensors}
+    original_inputs = list(proto.inputs)
+    added: list[str] = []
+    for start, end in groups:
+        inside: set[str] = set()
+        for node in out.nodes[start:end + 1]:
+            for i, name in enumerate(node.inputs):
+                if not name or name in inside or name in constants:
+                    continue
+                if name in original_inputs and name not in fed:
+                    continue  # the frame's own input (an image the program preprocesses)
+                node.inputs[i] = name + FED_SUFFIX
+                if name + FED_SUFFIX not in added:
+                    added.append(name + FED_SUFFIX)
+            inside.update(node.outputs)
+    used = {name for node in out.nodes for name in node.inputs}
+    kept = [name for name in original_inputs if name in used]
+    del out.inputs[:]
+    out.inputs.extend(kept + added)
+    keep_onnx = [onnx for name, onnx in zip(original_inputs, proto.onnx_inputs) if name in used]
+    del out.onnx_inputs[:]
+    out.onnx_inputs.extend(keep_onnx + [""] * len(added))
+    kept_pre = [p for p in proto.preprocess if p.input in kept]
+    del out.preprocess[:]
+    out.preprocess.extend(kept_pre)
+    for name in added:
+        info = out.tensors.add()
+        info.CopyFrom(infos[name[:-len(FED_SUFFIX)]])
+        info.name = name
+    return out, added
+
+
+def feed_layout(array: np.ndarray, quantized: bool) -> np.ndarray:
+    """A logical tensor as a program input takes it: 4-D int8 tensors are NHWC (``feed_shape``)."""
+    if quantized and array.ndim == 4:
+        return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+    return array

@@ -247,11 +247,13 @@ class BoardSide:
     kind = "board"
     label = "board"
 
-    def __init__(self, client, sha256: str, program: Program, chunk_bytes: int = 4 << 20) -> None:
+    def __init__(self, client, sha256: str, program: Program, chunk_bytes: int = 4 << 20,
+                 native_isolation: bool = True) -> None:
         self.client = client
         self.sha256 = sha256
         self.program = program
         self.chunk_bytes = chunk_bytes
+        self.native_isolation = native_isolation  # False: rewire even when the agent could isolate
 
     def __enter__(self) -> "BoardSide":
         return self
@@ -276,11 +278,17 @@ class BoardSide:
     def can_isolate(self) -> bool:
         """Whether the board runs node groups on fed tensors itself (agent capability "isolate")."""
         info = getattr(self.client, "agent_info", None)
-        return info is not None and "isolate" in info.capabilities
+        return self.native_isolation and info is not None and "isolate" in info.capabilities
 
     def run_isolated(self, frame: Frame, requests: list) -> SideOutput:
-        """Every layer fed the reference's tensors (protocol 1.1); ``requests`` are (groups, feeds) pairs,
-        groups as node index ranges (see :mod:`qverify.client.isolation`). Aligned buffers, padding checked."""
+        """Every layer fed the reference's tensors; ``requests`` are (groups, feeds) pairs, groups as
+        node index ranges (see :mod:`qverify.client.isolation`). Aligned buffers, padding checked.
+
+        A board that isolates itself (capability "isolate", protocol 1.1) gets RunRequest.isolate;
+        any other gets, per request, the program rewired so each group reads its feeds as inputs,
+        pushed and run whole."""
+        if not self.can_isolate:
+            return self._run_rewired(frame, requests)
         start = time.perf_counter()
         out = SideOutput()
         nodes = self.program.nodes
@@ -296,6 +304,33 @@ class BoardSide:
             part = self._observe(outcome)
             out.tensors.update({k: v for k, v in part.tensors.items() if k in part.dumped})
             out.dumped |= part.dumped
+        out.seconds = time.perf_counter() - start
+        return out
+
+    def _run_rewired(self, frame: Frame, requests: list) -> SideOutput:
+        import hashlib
+
+        from qverify.client.isolation import FED_SUFFIX, feed_layout, rewire
+        from qverify.simulator import modelfile
+
+        start = time.perf_counter()
+        out = SideOutput()
+        for groups, feeds in requests:
+            proto, added = rewire(self.program.proto, groups, set(feeds))
+            data = modelfile.encode(proto)
+            sha = hashlib.sha256(data).hexdigest()
+            if not self.client.has(sha):
+                self.client.push_bytes(data, sha)
+            inputs = {name: frame.board[name] for name in proto.inputs if name in frame.board}
+            for name in added:
+                tensor = self.program.tensors[name[:-len(FED_SUFFIX)]]
+                inputs[name] = feed_layout(feeds[name[:-len(FED_SUFFIX)]], tensor.quantized)
+            produced = {name for a, b in groups for node in self.program.nodes[a:b + 1] for name in node.outputs}
+            outcome = self.client.run(sha, inputs, dump=sorted(produced), layout="aligned",
+                                      chunk_bytes=self.chunk_bytes)
+            part = self._observe(outcome)
+            out.tensors.update({k: v for k, v in part.tensors.items() if k in produced and k in part.dumped})
+            out.dumped |= produced & part.dumped
         out.seconds = time.perf_counter() - start
         return out
 

@@ -372,12 +372,15 @@ class Verification:
         from qverify.client.isolation import IsolationJudge, batches, feeds_from, plan_groups
 
         if not board_side.can_isolate:
-            self.result.notes.append(f"{board_side.label}: its agent cannot run layers in isolation (no 'isolate' "
-                                     "capability: update qverify-agent on the board); the output rules decide")
-            return None
+            self.result.notes.append(f"{board_side.label}: its agent does not isolate layers itself (no 'isolate' "
+                                     "capability); the model was rewired so each layer reads the reference's tensors "
+                                     "as inputs, and run whole")
         judge = IsolationJudge(program)
-        limit = getattr(getattr(board_side.client, "agent_info", None), "limits", None)
-        max_bytes = max(1 << 20, (limit.max_message_bytes if limit and limit.max_message_bytes else 64 << 20) // 4)
+        limits = getattr(getattr(board_side.client, "agent_info", None), "limits", None)
+        budget = [getattr(limits, "max_message_bytes", 0) or (64 << 20)]
+        if not board_side.can_isolate:  # the feeds travel as the rewired program's inputs
+            budget.append(getattr(limits, "max_input_bytes", 0) or (64 << 20))
+        max_bytes = max(1 << 20, min(budget) // 4)
         for number, frame in enumerate(frames):
             self.say(f"isolation, frame {number + 1}/{len(frames)}: every layer of the board on "
                      f"{onnx_side.label}'s tensors")
