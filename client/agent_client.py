@@ -271,6 +271,7 @@ class BoardClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self._tls, self._tls_ca = bool(tls_ca or client_cert), tls_ca
         if tls_ca or client_cert:
             key, cert = (client_cert[1].read_bytes(), client_cert[0].read_bytes()) if client_cert else (None, None)
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes() if tls_ca else None,
@@ -305,12 +306,37 @@ class BoardClient:
                                      timeout=self.connect_timeout, metadata=self.metadata, wait_for_ready=True)
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise BoardUnreachable(f"board {self.address} unreachable: no connection within "
-                                       f"{self.connect_timeout:g} s; check the address, port and that qverify-agent "
-                                       "runs", error.code()) from None
+                raise BoardUnreachable(self._why_no_connection(), error.code()) from None
             raise map_error(error, self.address) from None
         check_protocol(info.protocol_version, self.address)
         return info
+
+    def _why_no_connection(self) -> str:
+        """What failed when no connection came up: one quick attempt that does not wait reports the
+        transport's last error (a refused port, a TLS handshake, a connection the agent closed)."""
+        try:
+            self.stub.GetInfo(pb.GetInfoRequest(client_protocol_version=PROTOCOL_VERSION),
+                              timeout=min(2.0, self.connect_timeout), metadata=self.metadata)
+            detail = ""
+        except grpc.RpcError as error:
+            detail = error.details() or ""
+        low = detail.lower()
+        head = f"board {self.address} unreachable"
+        if "certificate_verify_failed" in low or "handshake failed" in low:
+            return (f"{head}: the TLS handshake failed, the agent's certificate is not signed by --tls-ca "
+                    f"({self._tls_ca or 'no CA given'}) or does not name this address; give the CA that signed it")
+        if "socket closed" in low or "connection reset" in low:
+            if self._tls:
+                return (f"{head}: the agent closed the connection during the TLS handshake; an agent with "
+                        "--tls-client-ca (mTLS) needs a client certificate: give --tls-cert and --tls-key "
+                        "signed by that CA")
+            return (f"{head}: the agent closed the connection; it probably speaks TLS: give --tls-ca (and, for "
+                    "mTLS, --tls-cert/--tls-key)")
+        if "connection refused" in low:
+            return (f"{head}: connection refused (no connection within {self.connect_timeout:g} s); check the "
+                    "address and port, and that qverify-agent runs")
+        return (f"{head}: no connection within {self.connect_timeout:g} s; check the address, port and that "
+                "qverify-agent runs")
 
     def has(self, sha256: str) -> bool:
         return self._call(self.stub.HasModel, pb.ModelRef(sha256=sha256)).present

@@ -22,6 +22,13 @@ from qverify.client.agent_client import BoardClient, file_sha256
 DEFAULT_AGENT_PORT = 7060
 
 
+def client_cert(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
+    """(certificate, key) for mTLS, or None; they go together."""
+    if bool(cert) != bool(key):
+        raise BoardSpecError("--tls-cert and --tls-key go together: the client certificate and its private key")
+    return (Path(cert), Path(key)) if cert else None
+
+
 class BoardSpecError(ValueError):
     """``-b`` cannot be parsed."""
 
@@ -33,6 +40,8 @@ class BoardOptions:
     port: int = DEFAULT_AGENT_PORT
     token: str | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None  # client certificate and key for an mTLS agent
+    tls_key: Path | None = None
     transport: str = "sftp"  # "sftp" or "grpc"
     ssh: object | None = None  # qverify.client.ssh.SshOptions
     connect_timeout: float = 5.0
@@ -50,7 +59,10 @@ class BoardOptions:
 
 def parse_board(text: str | None, port: int | None = None) -> tuple[str | None, int]:
     """``HOST``, ``HOST:PORT``, ``[v6]:PORT`` -> (host, port); ``--port`` fills a missing port."""
-    default = port or DEFAULT_AGENT_PORT
+    if port is not None and not 0 < port < 65536:
+        raise BoardSpecError(f"--port {port}: not a port number; give 1-65535 (the agent's default is "
+                             f"{DEFAULT_AGENT_PORT})")
+    default = DEFAULT_AGENT_PORT if port is None else port
     if text is None:
         return None, default
     text = text.strip()
@@ -123,6 +135,7 @@ def open_board(options: BoardOptions, target: str | None = None) -> Iterator[Boa
         else:
             address = _address(options.host, options.port)
         client = stack.enter_context(BoardClient(address, token=options.token, tls_ca=options.tls_ca,
+                                                 client_cert=client_cert(options.tls_cert, options.tls_key),
                                                  timeout=options.timeout, connect_timeout=options.connect_timeout))
         client.agent_info = client.info()
         yield client

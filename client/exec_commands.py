@@ -38,6 +38,8 @@ BoardArg = Annotated[Optional[str], typer.Option(
 PortArg = Annotated[Optional[int], typer.Option("--port", help="agent port (default 7060, or the one in -b HOST:PORT)")]
 TokenArg = Annotated[Optional[str], typer.Option("--token", envvar="QVERIFY_TOKEN", help="agent token")]
 TlsCaArg = Annotated[Optional[Path], typer.Option("--tls-ca", help="CA certificate of the agent's TLS")]
+TlsCertArg = Annotated[Optional[Path], typer.Option("--tls-cert", help="client certificate for an mTLS agent")]
+TlsKeyArg = Annotated[Optional[Path], typer.Option("--tls-key", help="private key of --tls-cert")]
 TransportArg = Annotated[str, typer.Option("--transport", help="how model.bin reaches the board: sftp or grpc")]
 SshUserArg = Annotated[Optional[str], typer.Option(
     "--ssh-user", help="SSH user (default: ~/.ssh/config, then $USER)")]
@@ -55,7 +57,8 @@ InputArg = Annotated[list[str], typer.Option(
 
 
 def board_options(board: str | None, *, port: int | None = None, token: str | None = None,
-                  tls_ca: Path | None = None, transport: str = "sftp", ssh_user: str | None = None,
+                  tls_ca: Path | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                  transport: str = "sftp", ssh_user: str | None = None,
                   ssh_key: Path | None = None, ssh_port: int | None = None, known_hosts: Path | None = None,
                   connect_timeout: float = 5.0, timeout: float = 300.0) -> BoardOptions:
     """The command line's board options as :class:`BoardOptions` (raises on a bad -b or --transport)."""
@@ -63,8 +66,12 @@ def board_options(board: str | None, *, port: int | None = None, token: str | No
         raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
     if connect_timeout <= 0 or timeout <= 0:
         raise Failure("--connect-timeout and --timeout must be positive numbers of seconds", EXIT_BAD_INPUT)
-    if tls_ca is not None and not tls_ca.is_file():
-        raise Failure(f"--tls-ca {tls_ca}: no such file", EXIT_BAD_INPUT)
+    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            raise Failure(f"{flag} {path}: no such file", EXIT_BAD_INPUT)
+    if bool(tls_cert) != bool(tls_key):
+        raise Failure("--tls-cert and --tls-key go together: the client certificate and its private key",
+                      EXIT_BAD_INPUT)
     host, agent_port = parse_board(board, port)
     ssh = None
     if host is not None and transport == "sftp":
@@ -72,7 +79,8 @@ def board_options(board: str | None, *, port: int | None = None, token: str | No
 
         ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
                          connect_timeout=connect_timeout)
-    return BoardOptions(host=host, port=agent_port, token=token, tls_ca=tls_ca, transport=transport, ssh=ssh,
+    return BoardOptions(host=host, port=agent_port, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                        transport=transport, ssh=ssh,
                         connect_timeout=connect_timeout, timeout=timeout)
 
 
@@ -143,6 +151,8 @@ def run_command(
     port: PortArg = None,
     token: TokenArg = None,
     tls_ca: TlsCaArg = None,
+    tls_cert: TlsCertArg = None,
+    tls_key: TlsKeyArg = None,
     transport: TransportArg = "sftp",
     ssh_user: SshUserArg = None,
     ssh_key: SshKeyArg = None,
@@ -166,7 +176,7 @@ def run_command(
         folder.check()
     except dumpfiles.OutputFolderError as exc:
         raise Failure(str(exc), EXIT_BAD_INPUT) from None
-    options = board_options(board, port=port, token=token, tls_ca=tls_ca, transport=transport, ssh_user=ssh_user,
+    options = board_options(board, port=port, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport=transport, ssh_user=ssh_user,
                             ssh_key=ssh_key, ssh_port=ssh_port, known_hosts=known_hosts,
                             connect_timeout=connect_timeout, timeout=timeout)
     program = _load_model_bin(model)
@@ -310,6 +320,8 @@ def perf_command(
     port: PortArg = None,
     token: TokenArg = None,
     tls_ca: TlsCaArg = None,
+    tls_cert: TlsCertArg = None,
+    tls_key: TlsKeyArg = None,
     transport: TransportArg = "sftp",
     ssh_user: SshUserArg = None,
     ssh_key: SshKeyArg = None,
@@ -328,7 +340,7 @@ def perf_command(
         raise Failure(f"--json {json_out}: folder {json_out.parent} does not exist", EXIT_BAD_INPUT)
     if json_out is not None and json_out.is_dir():
         raise Failure(f"--json {json_out}: is a folder; give a file name", EXIT_BAD_INPUT)
-    options = board_options(board, port=port, token=token, tls_ca=tls_ca, transport=transport, ssh_user=ssh_user,
+    options = board_options(board, port=port, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport=transport, ssh_user=ssh_user,
                             ssh_key=ssh_key, ssh_port=ssh_port, known_hosts=known_hosts,
                             connect_timeout=connect_timeout, timeout=timeout)
     program = _load_model_bin(model)
@@ -425,13 +437,15 @@ def board_info_command(
     port: PortArg = None,
     token: TokenArg = None,
     tls_ca: TlsCaArg = None,
+    tls_cert: TlsCertArg = None,
+    tls_key: TlsKeyArg = None,
     connect_timeout: ConnectTimeoutArg = 5.0,
     timeout: TimeoutArg = 60.0,
 ) -> None:
     """Describe the board's agent (versions, target, resources, limits) and the models in its store."""
     from qverify.client.boards import open_board
 
-    options = board_options(board, port=port, token=token, tls_ca=tls_ca, transport="grpc",
+    options = board_options(board, port=port, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport="grpc",
                             connect_timeout=connect_timeout, timeout=timeout)
     with open_board(options) as client:
         summary = board_summary(client, options)

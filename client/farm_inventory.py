@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 BOARD_KEYS = {"name", "host", "place", "coordinator", "agent_port", "ssh_user", "ssh_key", "ssh_port", "known_hosts",
-              "token_env", "token_file", "tls_ca", "transport", "labels", "connect_timeout_s"}
+              "token_env", "token_file", "tls_ca", "tls_cert", "tls_key", "transport", "labels", "connect_timeout_s"}
 MODEL_KEYS = {"name", "onnx", "bin", "inputs", "seed", "digits", "dump_all", "labels", "max_lsb", "min_cosine",
               "min_layer_cosine", "perf_frames", "ort_opt", "timeout_s"}
 SETTINGS_KEYS = {"jobs", "timeout_s", "retries", "backoff_s", "latency_regression_pct", "place_wait_s"}
@@ -45,6 +45,8 @@ class BoardEntry:
     token_env: str | None = None
     token_file: Path | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None  # client certificate and key for an mTLS agent
+    tls_key: Path | None = None
     transport: str = "sftp"
     labels: dict[str, str] = field(default_factory=dict)
     connect_timeout_s: float = 5.0
@@ -283,13 +285,17 @@ def _board(index: int, table: dict, loc: _Locator, base: Path) -> BoardEntry:
             if not 0 < value < 65536:
                 raise loc.error(where(key), "must be a port number 1..65535", "boards", index, key)
             setattr(entry, key, value)
-    for key in ("ssh_key", "token_file", "tls_ca", "known_hosts"):
+    for key in ("ssh_key", "token_file", "tls_ca", "tls_cert", "tls_key", "known_hosts"):
         if key in table:
             setattr(entry, key, _path(_check(table[key], str, where(key), "a file path", loc, "boards", index, key), base))
     if entry.token_file is not None and not entry.token_file.is_file():
         raise loc.error(where("token_file"), f"{entry.token_file} does not exist", "boards", index, "token_file")
     if entry.transport not in ("sftp", "grpc"):
         raise loc.error(where("transport"), "must be sftp or grpc", "boards", index, "transport")
+    if bool(entry.tls_cert) != bool(entry.tls_key):
+        key = "tls_key" if entry.tls_cert else "tls_cert"
+        raise loc.error(where(key), "tls_cert and tls_key go together (the client certificate and its key)",
+                        "boards", index, key)
     if "connect_timeout_s" in table:
         entry.connect_timeout_s = float(_check(table["connect_timeout_s"], (int, float), where("connect_timeout_s"),
                                                "seconds", loc, "boards", index, "connect_timeout_s"))

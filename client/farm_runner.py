@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
+from qverify.client.boards import client_cert
 from qverify.client.farm_inventory import BoardEntry, Inventory, ModelEntry
 from qverify.client.farm_model import (
     CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
@@ -163,6 +164,7 @@ class FarmRun:
 
         def check():
             with BoardClient(f"{host}:{board.agent_port}", token=board.token(), tls_ca=board.tls_ca,
+                             client_cert=client_cert(board.tls_cert, board.tls_key),
                              connect_timeout=board.connect_timeout_s, timeout=30) as client:
                 return client.info()
 
@@ -184,7 +186,8 @@ class FarmRun:
         start = time.perf_counter()
         timeout = model.timeout_s or self.settings.timeout_s
         files = [model.onnx, model.bin] if model.onnx else [model.bin]
-        options = dict(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, transport=board.transport,
+        options = dict(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, tls_cert=board.tls_cert,
+                       tls_key=board.tls_key, transport=board.transport,
                        ssh=SshOptions(user=user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts),
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
@@ -248,6 +251,7 @@ class FarmRun:
 
         def perf():
             with BoardClient(f"{host}:{board.agent_port}", token=board.token(), tls_ca=board.tls_ca,
+                             client_cert=client_cert(board.tls_cert, board.tls_key),
                              connect_timeout=board.connect_timeout_s,
                              timeout=model.timeout_s or self.settings.timeout_s) as client:
                 return client.perf(sha, frames=model.perf_frames, threads=1, warmup=2)

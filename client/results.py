@@ -141,7 +141,7 @@ class PairResult:
             wrong = sum(not layer.passed for layer in self.isolation)
             how += (f", {len(self.isolation)} layers in isolation"
                     + (f" ({wrong} wrong)" if wrong else " all within their bounds"))
-        if self.decided_by:
+        if self.decided_by == DECIDED_BY_ISOLATION:  # the other paths read as before; JSON names every path
             how += f" [decided by {self.decided_by}]"
         return f"{head}: {outputs}{layers}, {how}{where}: {self.status}"
 

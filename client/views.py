@@ -36,6 +36,11 @@ def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
     return escape(_UNSAFE_CHARS.sub(lambda m: _visible(m.group()), text))
 
 
+def _literal(value: object) -> str:
+    """Text from a model or a board, printed as it is (markup escaped, control characters visible), uncut."""
+    return safe_text(value, None)
+
+
 def dims_text(dims, sep: str = "x", limit: int = SHAPE_LIMIT) -> str:
     """A shape for people: ``1x3x224x224``; one longer than ``limit`` dims is summarised
     (``1x3x...(5000000 dims)``) without walking all of it."""
@@ -159,10 +164,10 @@ def print_info(program, path: Path, max_layers: int = INFO_LAYER_ROWS) -> None:
 
 def print_compile_summary(program, path: Path, digest: str) -> None:
     cpu = [n.name for n in program.nodes if n.on_cpu]
-    _console.print(f"wrote {path} ({path.stat().st_size} bytes, sha256 {digest[:16]}…): {len(program.nodes)} layers, "
-                   f"{len(cpu)} on cpu, target {program.target.name}")
+    _console.print(f"wrote {safe_text(path, None)} ({path.stat().st_size} bytes, sha256 {digest[:16]}…): "
+                   f"{len(program.nodes)} layers, {len(cpu)} on cpu, target {safe_text(program.target.name)}")
     if cpu:
-        _console.print("on cpu (float32): " + ", ".join(cpu[:10]) + (" …" if len(cpu) > 10 else ""))
+        _console.print("on cpu (float32): " + ", ".join(safe_text(n) for n in cpu[:10]) + (" …" if len(cpu) > 10 else ""))
 
 
 def print_demo(result) -> None:
@@ -197,7 +202,7 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
 
     colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
     for note in result.notes:
-        _console.print(f"[yellow]note:[/yellow] {escape(note)}")
+        _console.print(f"[yellow]note:[/yellow] {_literal(note)}")
     # The plain-run pairs repeat the outputs' rows: a table only when they fail.
     for pair in result.pairs + [p for p in result.plain_pairs if not p.passed]:
         rows = list(pair.outputs)
@@ -206,7 +211,7 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
             worst.append(pair.first_divergent)
         if not rows and not worst:
             continue
-        table = Table(title=f"{escape(pair.a)} vs {escape(pair.b)} ({pair.criterion})", title_justify="left")
+        table = Table(title=f"{_literal(pair.a)} vs {_literal(pair.b)} ({pair.criterion})", title_justify="left")
         table.add_column("tensor", overflow="fold", ratio=3)
         table.add_column("op")
         table.add_column("max |diff|", justify="right")
@@ -216,7 +221,7 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
         table.add_column("", justify="center")
         for t in rows + sorted(worst, key=lambda t: t.index):
             ok = "[green]ok[/]" if t.passed else "[red]FAIL[/]"
-            table.add_row(escape(_short(t.name)), escape(t.op or t.kind), f"{t.max_abs_diff:.3g}",
+            table.add_row(_literal(_short(t.name)), _literal(t.op or t.kind), f"{t.max_abs_diff:.3g}",
                           f"{100 * t.digits_fraction:.1f}%", f"{t.exact}/{t.off_by_one}/{t.beyond_one}",
                           f"{t.cosine:.5f}", ok)
         _console.print(table)
@@ -224,25 +229,25 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
             _console.print(f"[dim]{len(pair.layers)} layers compared, the {len(worst)} least agreeing shown; "
                            "--html plots them all along the network[/dim]")
     if result.latency_failure:
-        _console.print(f"[red]{escape(result.latency_failure)}[/red]")
+        _console.print(f"[red]{_literal(result.latency_failure)}[/red]")
     fd = result.first_divergent
     for pair in result.pairs:
         _print_isolation(pair)
     if fd is not None:
         what = "first wrong layer in isolation" if any(
             p.first_divergent is fd and p.decided_by == "isolation" for p in result.pairs) else "first divergent layer"
-        _console.print(f"{what}: [bold]{escape(fd.producer or fd.name)}[/bold] ({escape(fd.op or 'input')})"
-                       f" writing {escape(fd.name)}: {escape(fd.reason)}")
+        _console.print(f"{what}: [bold]{_literal(fd.producer or fd.name)}[/bold] ({_literal(fd.op or 'input')})"
+                       f" writing {_literal(fd.name)}: {_literal(fd.reason)}")
     for finding in result.board_findings[:findings]:
-        _console.print(f"[red]{escape(finding.message)}[/red]", soft_wrap=True)
+        _console.print(f"[red]{_literal(finding.message)}[/red]", soft_wrap=True)
     if len(result.board_findings) > findings:
         _console.print(f"[red]… {len(result.board_findings) - findings} more differences of the board with itself "
                        "(all of them are in --json, --junit and --html)[/red]")
     for pair in result.pairs + result.plain_pairs:
-        _console.print(f"[{colour.get(pair.status, 'white')}]{escape(pair.verdict_line())}[/]", soft_wrap=True)
+        _console.print(f"[{colour.get(pair.status, 'white')}]{_literal(pair.verdict_line())}[/]", soft_wrap=True)
     line = result.board_runs_line()
     if line:
-        _console.print(f"[{'red' if result.board_findings else 'green'}]{escape(line)}[/]", soft_wrap=True)
+        _console.print(f"[{'red' if result.board_findings else 'green'}]{_literal(line)}[/]", soft_wrap=True)
 
 
 def _print_isolation(pair) -> None:
@@ -259,10 +264,10 @@ def _print_isolation(pair) -> None:
         table.add_column(head, overflow="fold")
     for row in isolation_views.terminal_rows(pair):
         style = "red" if row[-1] == "WRONG" else None
-        table.add_row(*(escape(cell) for cell in row), style=style)
+        table.add_row(*(_literal(cell) for cell in row), style=style)
     _console.print(table)
     if pair.drift:
-        _console.print(f"[yellow]{escape(pair.drift)}[/yellow]", soft_wrap=True)
+        _console.print(f"[yellow]{_literal(pair.drift)}[/yellow]", soft_wrap=True)
 
 
 class push_progress:

@@ -258,7 +258,8 @@ def _check_tensor(program: Program, tensor, limit: int, where: str) -> None:
     what = f"{where}tensor '{tensor.name}'"
     shape = tensor.shape
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
-        raise ProgramError(f"{what} has shape {list(shape)}: dims must be >= 0 and rank <= {MAX_RANK}; {FIX}")
+        shown = list(shape[:MAX_RANK]) + ([f"... ({len(shape)} dims)"] if len(shape) > MAX_RANK else [])
+        raise ProgramError(f"{what} has shape {shown}: dims must be >= 0 and rank <= {MAX_RANK}; {FIX}")
     size = shape_bytes(shape, tensor.dtype.itemsize)
     aligned = shape_bytes(layout.aligned_shape(shape, program.target), tensor.dtype.itemsize)
     if max(size, aligned) > limit:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import synthetic
+from tls_pki import make_pki, pki  # noqa: F401  (fixture)
 from agent_harness import agent_pool, free_port  # noqa: F401  (fixture)
 from qverify.agent import PROTOCOL_VERSION
 from qverify.client.agent_client import (
@@ -83,25 +84,6 @@ def test_an_incompatible_protocol_is_refused():
         check_protocol("2.0", "board")
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=qverify test CA", cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN=qverify {name}", cwd=d)
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d
-
-
 def _serve_tls(tmp_path: Path, pki: Path, mtls: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     args = [sys.executable, "-m", "qverify.agent.cli", "serve", "--listen", f"127.0.0.1:{port}",
@@ -144,3 +126,48 @@ def test_mtls_agent_requires_a_client_certificate(tmp_path, pki):
                 anonymous.info()
     finally:
         _stop(proc)
+
+
+def _qverify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import sys; from qverify.client.cli import main; sys.exit(main())",
+                           *args], capture_output=True, text=True, timeout=120, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_the_cli_presents_a_client_certificate_to_an_mtls_agent(tmp_path, pki):
+    proc, address = _serve_tls(tmp_path, pki, mtls=True)
+    try:
+        ok = _qverify("board", "info", "-b", address, "--tls-ca", str(pki / "ca.pem"), "--tls-cert",
+                      str(pki / "client.pem"), "--tls-key", str(pki / "client.key"), "--connect-timeout", "20",
+                      cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        refused = _qverify("board", "info", "-b", address, "--tls-ca", str(pki / "ca.pem"), "--connect-timeout", "3",
+                           cwd=tmp_path)
+        assert refused.returncode == 3
+        line = _one_line(refused)
+        assert "TLS handshake" in line and "--tls-cert and --tls-key" in line, line
+    finally:
+        _stop(proc)
+
+
+def test_a_refused_tls_handshake_says_what_failed(tmp_path, pki):
+    other = make_pki(tmp_path / "other-ca") if (tmp_path / "other-ca").mkdir() is None else None
+    proc, address = _serve_tls(tmp_path, pki, mtls=False)
+    try:
+        wrong_ca = _qverify("board", "info", "-b", address, "--tls-ca", str(other / "ca.pem"), "--connect-timeout", "3",
+                            cwd=tmp_path)
+        assert wrong_ca.returncode == 3 and "not signed by --tls-ca" in _one_line(wrong_ca)
+        plaintext = _qverify("board", "info", "-b", address, "--connect-timeout", "3", cwd=tmp_path)
+        assert plaintext.returncode == 3 and "probably speaks TLS" in _one_line(plaintext)
+    finally:
+        _stop(proc)
+
+
+def test_a_client_certificate_without_its_key_is_bad_usage(tmp_path, pki):
+    done = _qverify("board", "info", "-b", "127.0.0.1:7060", "--tls-cert", str(pki / "client.pem"), cwd=tmp_path)
+    assert done.returncode == 2 and "--tls-cert and --tls-key go together" in _one_line(done)

@@ -50,7 +50,7 @@ def test_listen_addresses_that_are_not_host_and_port_are_refused(text):
 
 @pytest.mark.parametrize("args, words", [
     (["--listen", "127.0.0.1:99999"], "not a port number"),
-    (["--backend", "nope"], "unknown backend 'nope'; available: sim"),
+    (["--backend", "nope"], "unknown backend 'nope'; available: "),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, args, words):
     done = agent("--model-dir", str(tmp_path / "m"), "--listen", f"127.0.0.1:{free_port()}", *args, cwd=tmp_path)

@@ -392,3 +392,12 @@ def test_two_farm_boards_at_one_address_are_refused_with_file_and_line(compiled,
     line = path.read_text().splitlines().index('host = "127.0.0.1"', 8) + 1
     proc = run_cli("farm", "run", path, "--no-db")
     assert_one_line_error(proc, 2, f"{path}:{line}: boards[1].host", "127.0.0.1:7999", "board 'a'")
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536])
+def test_a_port_option_that_is_not_a_port_is_refused_not_replaced(port):
+    from qverify.client.boards import BoardSpecError, parse_board
+
+    with pytest.raises(BoardSpecError, match=f"--port {port}: not a port number"):
+        parse_board("127.0.0.1", port)
+    assert parse_board("127.0.0.1", 7061) == ("127.0.0.1", 7061)
