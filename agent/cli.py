@@ -1,6 +1,6 @@
 """``qverify-agent``: the board daemon's command line (argparse: boards have no typer).
 
-    qverify-agent serve [--listen 127.0.0.1:7060] [--model-dir DIR] [--backend sim]
+    qverify-agent serve [--listen 127.0.0.1:7060] [--model-dir DIR] [--backend sim|openvino] [--device CPU]
                         [--target sim-a16] [--token-file F] [--tls-cert C --tls-key K]
                         [--tls-client-ca CA] [--insecure] [--max-queue N] [--fault KIND:TARGET]
 
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir", type=Path, default=Path(env("QVERIFY_AGENT_MODEL_DIR", "/var/lib/qverify/models")),
                    help="model store folder (content-addressed <sha256>.bin files)")
     s.add_argument("--backend", default=env("QVERIFY_AGENT_BACKEND", "sim"), help="sim (emulated board) or a vendor backend")
+    s.add_argument("--device", default=env("QVERIFY_AGENT_DEVICE") or None,
+                   help="device of a runtime backend (openvino: CPU, GPU, ...; default CPU)")
     s.add_argument("--target", default=env("QVERIFY_AGENT_TARGET", "sim-a16"), help="target profile of this board")
     s.add_argument("--npu-cores", type=int, default=1, help="NPU cores (one run at a time per core)")
     s.add_argument("--board-id", default=env("QVERIFY_AGENT_BOARD_ID", socket.gethostname()))
@@ -119,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             store_capacity=args.store_capacity, workers=args.workers, grace_s=args.grace,
             config=AgentConfig(board_id=args.board_id, max_queue=args.max_queue, max_model_bytes=args.max_model_size,
                                max_message_bytes=args.max_message_size,
-                               max_input_bytes=args.max_input_size, max_tensor_bytes=args.max_tensor_size))
+                               max_input_bytes=args.max_input_size, max_tensor_bytes=args.max_tensor_size),
+            backend_options={"device": args.device} if args.device else {})
+        if args.device and args.backend == "sim":
+            raise ConfigError("--device is for a runtime backend (e.g. --backend openvino); the sim backend has none")
         if faults:
             logging.getLogger("qverify.agent").warning("FAULT INJECTION active (test tooling): %s",
                                                        ", ".join(map(str, faults)))

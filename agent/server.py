@@ -76,6 +76,7 @@ class ServerOptions:
     workers: int = 16
     grace_s: float = 30.0
     config: AgentConfig = field(default_factory=AgentConfig)
+    backend_options: dict = field(default_factory=dict)  # keyword arguments of a non-sim backend (device=...)
 
 
 def is_loopback(listen: str) -> bool:
@@ -150,8 +151,9 @@ class AgentServer:
         if options.backend == "sim":
             self.backend = backend_cls(target, npu_cores=options.npu_cores, faults=list(faults),
                                        max_tensor_bytes=options.config.max_tensor_bytes)
-        else:
-            self.backend = backend_cls(target)
+        else:  # a runtime backend: its own options (--device), and it knows its own target profile
+            self.backend = backend_cls(target, **dict(options.backend_options))
+            target = options.target = getattr(self.backend, "target", None) or target
         options.config.faults = list(faults)
         self.store = store_mod.ModelStore(options.model_dir, options.store_capacity, options.config.max_model_bytes)
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -6,6 +6,7 @@ one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -42,7 +43,9 @@ def _parse_shapes(values: list[str]) -> dict[str, list[int]]:
 def compile_command(
     model: Path = typer.Argument(..., help="quantized ONNX model (QDQ or QOperator)"),
     output: Path = typer.Option(Path("model.bin"), "-o", "--output", help="compiled model to write"),
-    target: str = typer.Option("sim-a16", "--target", help="target profile (native layout): sim-a16, sim-a32, ..."),
+    target: str = typer.Option("sim-a16", "--target",
+                               help="target profile (native layout): sim-a16, sim-a32, ...; openvino-cpu writes a "
+                                    "model.ov for 'qverify-agent serve --backend openvino'"),
     input_shape: list[str] = typer.Option([], "--input-shape", help="static input shape NAME:1,3,48,192 (repeatable)"),
     run_on_cpu: str = typer.Option("", "--run-on-cpu", help="comma-separated node names to run in float32 on the CPU"),
     preprocess: Optional[str] = typer.Option(
@@ -66,8 +69,16 @@ def compile_command(
         raise Failure(f"-o {output}: is a directory; give a file name such as {output / 'model.bin'}", EXIT_BAD_INPUT)
     if not output.parent.exists():
         raise Failure(f"-o {output}: folder {output.parent} does not exist", EXIT_BAD_INPUT)
-    program = compile_model(model, target=target, input_shapes=_parse_shapes(input_shape),
-                            run_on_cpu=[n for n in run_on_cpu.split(",") if n], preprocess=spec)
+    if target.startswith("openvino"):  # model.ov: the program + quant.onnx for the openvino backend
+        from qverify.agent.backends.openvino_compile import compile_openvino
+
+        if spec is not None or run_on_cpu:
+            raise Failure(f"--target {target}: OpenVINO runs quant.onnx as it is; drop --preprocess and "
+                          "--run-on-cpu", EXIT_BAD_INPUT)
+        program = compile_openvino(model, input_shapes=_parse_shapes(input_shape), target=target)
+    else:
+        program = compile_model(model, target=target, input_shapes=_parse_shapes(input_shape),
+                                run_on_cpu=[n for n in run_on_cpu.split(",") if n], preprocess=spec)
     digest = save(program, output)
     views.print_compile_summary(load(output), output, digest)
 
@@ -102,6 +113,8 @@ def verify_command(
     port: Optional[int] = typer.Option(None, "--port", help="agent port (default 7060, or the one in -b HOST:PORT)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="QVERIFY_TOKEN", help="agent token"),
     tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate of the agent's TLS"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="client certificate for an mTLS agent"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="private key of --tls-cert"),
     transport: str = typer.Option("sftp", "--transport", help="how model.bin reaches the board: sftp or grpc"),
     ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="SSH user (default: ~/.ssh/config, then $USER)"),
     ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="SSH private key (default: ~/.ssh/config, agent)"),
@@ -131,6 +144,12 @@ def verify_command(
         raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
     if transport not in ("sftp", "grpc"):
         raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
+    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            raise Failure(f"{flag} {path}: no such file", EXIT_BAD_INPUT)
+    if bool(tls_cert) != bool(tls_key):
+        raise Failure("--tls-cert and --tls-key go together: the client certificate and its private key",
+                      EXIT_BAD_INPUT)
     if isolate not in ("auto", "always", "never"):
         raise Failure(f"--isolate {isolate}: choose auto, always or never", EXIT_BAD_INPUT)
     if fault and board:
@@ -143,7 +162,7 @@ def verify_command(
     ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts)
     with views.push_progress() as push_progress:
         result = verify(model, board, progress=views.progress_line, push_progress=push_progress, port=port,
-                        token=token, tls_ca=tls_ca, transport=transport, ssh=ssh, run_sim=run_sim,
+                        token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport=transport, ssh=ssh, run_sim=run_sim,
                         inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
                         input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
                         faults=fault, repeat=repeat, isolate=isolate)
@@ -227,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Usage errors are typer's own (usage text, exit 2); qverify's errors print one line.
     """
+    # gRPC's C core logs a refused TLS handshake itself (before grpc loads); the error says what failed.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from qverify.client.agent_client import AgentError, BadRequest
     from qverify.client.boards import BoardSpecError
     from qverify.client.farm_inventory import InventoryError

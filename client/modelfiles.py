@@ -30,7 +30,7 @@ def sniff(path: Path) -> str:
             head = fh.read(64)
     except OSError as exc:
         raise ModelFileError(f"-m {path}: cannot read it ({exc.strerror})") from None
-    if head.startswith(MODEL_BIN_MAGIC):
+    if head.startswith(MODEL_BIN_MAGIC):  # model.bin, or a model.ov (the same container): the board's model
         return "bin"
     # An ONNX ModelProto starts with a protobuf tag: field 1 (ir_version, varint) = 0x08, or
     # another low field number; a text/empty file does not.
@@ -40,9 +40,20 @@ def sniff(path: Path) -> str:
                          "(compile one with: qverify compile quant.onnx -o model.bin)")
 
 
+def board_runtime(program) -> str:
+    """The runtime a compiled model is for: "" for the simulator's own targets (model.bin, with a
+    bit-exact twin on the host), or e.g. "openvino" for a model.ov (the same container, carrying the
+    runtime's own model beside the program; recognised by its target and runtime format)."""
+    proto = getattr(program, "proto", program)
+    target = getattr(getattr(proto, "target", None), "name", "") or ""
+    if getattr(proto, "runtime_format", "") or target.startswith("openvino"):
+        return "openvino" if target.startswith("openvino") else proto.runtime_format
+    return ""
+
+
 def classify(paths: list[Path]) -> ModelFiles:
     if not paths or len(paths) > 2:
-        raise ModelFileError("-m takes one or two files, comma-separated: quant.onnx,model.bin")
+        raise ModelFileError("-m takes one or two files, comma-separated: quant.onnx,model.bin (or model.ov)")
     files = ModelFiles()
     for path in paths:
         kind = sniff(path)

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 from qverify.client import inputs as inputs_mod
 from qverify.client.agent_client import AgentError, BoardUnreachable
 from qverify.client.boards import BoardOptions, ensure_model, open_board, parse_board
-from qverify.client.modelfiles import ModelFileError, classify, load_onnx, pairing_problem
+from qverify.client.modelfiles import ModelFileError, board_runtime, classify, load_onnx, pairing_problem
 from qverify.client.results import (
     DECIDED_BY_ISOLATION, DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PASSED, PLAIN_LABEL, InputInfo,
     PairResult, SideInfo, Tolerances, VerifyResult,
@@ -47,6 +47,7 @@ from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, 
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors, tensor_order
 
 Progress = Callable[[str], None]
+_RUNTIME_NAMES = {"openvino": "OpenVINO"}  # board runtimes whose model the host simulator cannot run
 DIED_MID_RUN = "the board stopped answering during the run"
 
 
@@ -57,6 +58,8 @@ class VerifyOptions:
     port: int | None = None
     token: str | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None  # client certificate and key for an mTLS agent
+    tls_key: Path | None = None
     transport: str = "sftp"
     ssh: object | None = None  # SshOptions
     run_sim: bool | None = None  # None: on when a board runs a model.bin
@@ -139,6 +142,9 @@ class Verification:
         start = time.perf_counter()
         with_onnx, with_board, with_sim = self._plan()
         program = self._program()
+        runtime = board_runtime(program)
+        if runtime:  # a model.ov: a runtime's own model, no bit-exact twin on the host
+            with_sim = self._runtime_plan(runtime, with_onnx)
         onnx_model = load_onnx(self.files.onnx) if with_onnx else None
         result = self.result
         if with_onnx and self.files.bin is not None:
@@ -178,12 +184,50 @@ class Verification:
                                              _sha(self.files.bin) if self.files.bin else "",
                                              {"target": program.target.name}))
             self._compare(sides, frames, program, explicit_sim=bool(self.o.run_sim))
+        if runtime:
+            self._runtime_exposure(runtime)
         result.seconds = time.perf_counter() - start
         return result
 
+    def _runtime_plan(self, runtime: str, with_onnx: bool) -> bool:
+        """Sides for a board running a runtime's own model (model.ov): quant.onnx and the board, never the
+        simulator (it cannot run that model). Returns whether the simulator runs (never)."""
+        name = self.files.bin.name
+        if not with_onnx:
+            raise ModelFileError(f"{name} runs on an {runtime} board, which has no bit-exact twin on this host: give "
+                                 f"quant.onnx too (-m quant.onnx,{name})")
+        if self.o.board is None:
+            raise ModelFileError(f"{name} runs on an {runtime} board and the embedded emulated board runs model.bin "
+                                 f"only: start 'qverify-agent serve --backend {runtime}' and give -b HOST:PORT")
+        self.result.notes.append(f"board vs simulator does not apply to an {_RUNTIME_NAMES.get(runtime, runtime)} "
+                                 "board (no bit-exact twin): quant.onnx vs board is decided by isolation")
+        return False
+
+    def _runtime_exposure(self, runtime: str) -> None:
+        """A runtime that fuses its graph may compute other final outputs when intermediates are
+        exposed as extra outputs (dumps): that is a property of the runtime, reported as a note,
+        while the plain run (no dumps) is compared with quant.onnx on its own (the plain pair)."""
+        moved = [f for f in self.result.board_findings if f.kind == "plain_vs_dump"]
+        if not moved:
+            if self.result.plain_run and not self.result.board_findings:
+                self.result.notes.append(f"exposing the intermediate tensors as extra outputs did not change "
+                                         f"{_RUNTIME_NAMES.get(runtime, runtime)}'s final outputs (plain run and "
+                                         "dumping run identical)")
+            return
+        self.result.board_findings = [f for f in self.result.board_findings if f.kind != "plain_vs_dump"]
+        worst = max(moved, key=lambda f: (f.max_lsb or 0, f.elements))
+        frames = sorted({f.frame for f in moved})
+        self.result.notes.append(
+            f"exposing the intermediate tensors as extra outputs changed {_RUNTIME_NAMES.get(runtime, runtime)}'s "
+            f"final outputs in {len(frames)} of {self.result.frames} frame(s) (worst: {worst.tensor}, "
+            f"{worst.elements} of {worst.total} elements, max {worst.max_lsb} LSB): the runtime fuses the graph "
+            "differently when a tensor is an output, so the dumped layers are those of that graph; the plain "
+            "run (no dumps) is the board's answer, compared with quant.onnx in the plain pair")
+
     def _board_side(self, stack: contextlib.ExitStack, program) -> BoardSide:
         host, port = parse_board(self.o.board, self.o.port)
-        options = BoardOptions(host=host, port=port, token=self.o.token, tls_ca=self.o.tls_ca,
+        options = BoardOptions(host=host, port=port, token=self.o.token, tls_ca=self.o.tls_ca, tls_cert=self.o.tls_cert,
+                               tls_key=self.o.tls_key,
                                transport=self.o.transport, ssh=self.o.ssh, connect_timeout=self.o.connect_timeout,
                                timeout=self.o.timeout, faults=list(self.o.faults))
         where = f"board {host}:{port}" if host else "the embedded emulated board (127.0.0.1)"
@@ -409,8 +453,8 @@ class Verification:
 
     def _decide(self, pair: PairResult, isolation, dead: str) -> None:
         """A tolerance pair: isolation decides when it ran; accumulated drift is then reported, not judged."""
-        if isolation is None or dead:
-            pair.decided_by = DECIDED_BY_OUTPUTS if not dead else pair.decided_by or DECIDED_BY_ISOLATION
+        if isolation is None or dead:  # a board that died in isolation was judged there
+            pair.decided_by = DECIDED_BY_ISOLATION if isolation is not None else DECIDED_BY_OUTPUTS
             return
         pair.decided_by = DECIDED_BY_ISOLATION
         pair.isolation = isolation.ordered

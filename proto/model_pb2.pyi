@@ -172,7 +172,7 @@ class Target(_message.Message):
     def __init__(self, name: _Optional[str] = ..., c_align: _Optional[int] = ..., w_align: _Optional[int] = ..., rounding: _Optional[_Union[Rounding, str]] = ...) -> None: ...
 
 class Program(_message.Message):
-    __slots__ = ("name", "target", "inputs", "outputs", "tensors", "constants", "nodes", "preprocess", "source_sha256", "source_format", "compiler_version", "onnx_inputs", "onnx_outputs")
+    __slots__ = ("name", "target", "inputs", "outputs", "tensors", "constants", "nodes", "preprocess", "source_sha256", "source_format", "compiler_version", "onnx_inputs", "onnx_outputs", "runtime_model", "runtime_format")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,8 @@ class Program(_message.Message):
     COMPILER_VERSION_FIELD_NUMBER: _ClassVar[int]
     ONNX_INPUTS_FIELD_NUMBER: _ClassVar[int]
     ONNX_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FORMAT_FIELD_NUMBER: _ClassVar[int]
     name: str
     target: Target
     inputs: _containers.RepeatedScalarFieldContainer[str]
@@ -199,4 +201,6 @@ class Program(_message.Message):
     compiler_version: str
     onnx_inputs: _containers.RepeatedScalarFieldContainer[str]
     onnx_outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., constants: _Optional[_Iterable[_Union[Constant, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., preprocess: _Optional[_Iterable[_Union[Preprocess, _Mapping]]] = ..., source_sha256: _Optional[str] = ..., source_format: _Optional[str] = ..., compiler_version: _Optional[str] = ..., onnx_inputs: _Optional[_Iterable[str]] = ..., onnx_outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    runtime_model: bytes
+    runtime_format: str
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., constants: _Optional[_Iterable[_Union[Constant, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., preprocess: _Optional[_Iterable[_Union[Preprocess, _Mapping]]] = ..., source_sha256: _Optional[str] = ..., source_format: _Optional[str] = ..., compiler_version: _Optional[str] = ..., onnx_inputs: _Optional[_Iterable[str]] = ..., onnx_outputs: _Optional[_Iterable[str]] = ..., runtime_model: _Optional[bytes] = ..., runtime_format: _Optional[str] = ...) -> None: ...

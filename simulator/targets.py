@@ -27,6 +27,10 @@ TARGETS: dict[str, TargetProfile] = {
         TargetProfile("sim-a16w8", 16, 8, "single", "NHWC, C padded to 16 and W to 8"),
         TargetProfile("sim-a16-gemmlowp", 16, 1, "double", "NHWC, C padded to 16, gemmlowp double rounding"),
         TargetProfile("sim-a32-gemmlowp", 32, 1, "double", "NHWC, C padded to 32, gemmlowp double rounding"),
+        # A CPU runtime (the "openvino" backend): no padding, and its rounding is not ours, so
+        # isolation holds it to the looser (double-rounding) allowances.
+        TargetProfile("openvino-cpu", 1, 1, "double", "OpenVINO on the CPU: no padding (C, W not aligned), "
+                      "runtime's own rounding (judged as double)"),
     )
 }
 DEFAULT_TARGET = "sim-a16"
