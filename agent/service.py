@@ -23,11 +23,12 @@ import numpy as np
 import qverify
 from qverify.agent import PROTOCOL_VERSION, store as store_mod
 from qverify.agent.backends import Backend, BackendError, ModelInvalid, ModelMismatch
+from qverify.agent.backends.base import ModelInvalidInput, RunCancelled, TensorDump
 from qverify.agent.faults import Fault
 from qverify.agent.scheduler import CoreScheduler, QueueFull, WaitAborted
 from qverify.agent.tensors import TensorError, dtype_name, from_wire, to_wire
 from qverify.simulator.errors import InputError
-from qverify.simulator.executor import Dump, RunCancelled, dequantize, feed_shape
+from qverify.simulator.executor import dequantize
 from qverify.simulator.program import PROTO_DTYPES
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import board_agent_pb2_grpc, model_pb2
@@ -172,7 +173,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         """An isolated run's feeds: program tensors in their logical layout (as valid dumps carry them)."""
         feeds: dict[str, np.ndarray] = {}
         for tensor in tensors:
-            want = model.program.tensors.get(tensor.name)
+            want = model.description.tensors.get(tensor.name)
             if want is None:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"feed '{tensor.name}' is not a tensor of the model; see 'qverify info'")
@@ -196,22 +197,22 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"inputs are {total} bytes, more than this agent's limit of {self.config.max_input_bytes} "
                         "(--max-input-size)")
-        expected = {t.name: t for t in model.program.inputs}
+        expected = {t.name: t for t in model.description.inputs}
         inputs = {}
         for tensor in tensors:
             if tensor.name in inputs:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"input '{tensor.name}' given twice")
             want = expected.get(tensor.name)
             if want is None:
-                listing = ", ".join(f"'{n}' {t.dtype}{list(feed_shape(t))}" for n, t in expected.items())
+                listing = ", ".join(f"'{n}' {t.dtype}{list(t.feed_shape)}" for n, t in expected.items())
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"unknown input '{tensor.name}'; the model's inputs are: {listing}")
             try:
                 array = from_wire(tensor)
             except TensorError as exc:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"{exc}; input '{tensor.name}' expects {want.dtype}{list(feed_shape(want))}")
-            shape = feed_shape(want)
+                            f"{exc}; input '{tensor.name}' expects {want.dtype}{list(want.feed_shape)}")
+            shape = want.feed_shape
             if array.dtype != want.dtype or tuple(array.shape) != shape:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"input '{tensor.name}' expects {want.dtype}{list(shape)}, got "
@@ -221,7 +222,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         if missing and require_all:
             want = expected[missing[0]]
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"missing input '{missing[0]}' ({want.dtype}{list(feed_shape(want))})")
+                          f"missing input '{missing[0]}' ({want.dtype}{list(want.feed_shape)})")
         return inputs
 
     def Run(self, request, context) -> Iterator[pb.RunReply]:
@@ -258,7 +259,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         if request.dump == pb.DUMP_OUTPUTS:
             return "outputs"
         if request.dump == pb.DUMP_NAMED:
-            unknown = [n for n in request.dump_names if n not in model.program.tensors]
+            unknown = [n for n in request.dump_names if n not in model.description.tensors]
             if unknown:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"no tensor named '{unknown[0]}' in the model; see 'qverify info'")
@@ -299,7 +300,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             last = result
         if dump is not None:
             last = yield from self._run_streaming(model, run_once, chunk, context, request, frame_us, layer_us)
-        for tensor in model.program.outputs:
+        for tensor in model.description.outputs:
             if tensor.name in last.outputs:  # an isolated run has the outputs of the layers that ran
                 yield pb.RunReply(output=to_wire(tensor.name, last.outputs[tensor.name]))
         layers = []
@@ -330,7 +331,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 except queue.Full:
                     continue
 
-        placement = {n.name: ("cpu" if n.on_cpu else "npu") for n in model.program.nodes}
+        placement = {layer.name: layer.placement for layer in model.description.layers}
         batch: list[pb.DumpHeader] = []
         batch_bytes = [0]
 
@@ -340,7 +341,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 batch.clear()
                 batch_bytes[0] = 0
 
-        def sink(d: Dump) -> None:
+        def sink(d: TensorDump) -> None:
             # Small dumps travel together in DumpBatch messages (data inline); a big one gets
             # its own header and chunks. Each queue item is a list: one handoff per group.
             index = counter[0]
@@ -352,7 +353,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                     array = dequantize(array, d.tensor.scale, d.tensor.zero_point)
                 data = np.ascontiguousarray(array).tobytes()
                 header = pb.DumpHeader(
-                    index=index, name=d.tensor.name, producer=d.producer, onnx_float_name=d.tensor.info.onnx_float_name,
+                    index=index, name=d.tensor.name, producer=d.producer, onnx_float_name=d.tensor.onnx_float_name,
                     dtype=PROTO_DTYPES[array.dtype], shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
                     aligned_strides=list(d.aligned_strides), aligned_layout=d.aligned_layout,
                     scale=d.tensor.scale, zero_point=d.tensor.zero_point, layout=which, total_bytes=len(data),
@@ -434,7 +435,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
                 inputs = (self._decode_inputs(model, request.inputs) if request.inputs
-                          else _random_inputs(model.program, self.config.max_input_bytes))
+                          else _random_inputs(model.description, self.config.max_input_bytes))
                 def stop() -> bool:  # asked between layers
                     return not context.is_active()
 
@@ -521,7 +522,7 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, RunCancelled):
         return grpc.StatusCode.CANCELLED, str(exc)
-    if isinstance(exc, (InputError, TensorError, ValueError)):
+    if isinstance(exc, (InputError, ModelInvalidInput, TensorError, ValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, WaitAborted):
         return grpc.StatusCode.DEADLINE_EXCEEDED if "deadline" in str(exc) else grpc.StatusCode.CANCELLED, str(exc)
@@ -534,10 +535,11 @@ def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
     return None, ""
 
 
-def _random_inputs(program, max_bytes: int) -> dict[str, np.ndarray]:
+def _random_inputs(description, max_bytes: int) -> dict[str, np.ndarray]:
     """Seeded random inputs at the model's declared shapes, refused before allocating when over ``max_bytes``."""
-    shapes = {tensor.name: feed_shape(tensor) for tensor in program.inputs}
-    sizes = {t.name: math.prod(int(d) for d in shapes[t.name]) * np.dtype(t.dtype).itemsize for t in program.inputs}
+    shapes = {tensor.name: tuple(tensor.feed_shape) for tensor in description.inputs}
+    sizes = {t.name: math.prod(int(d) for d in shapes[t.name]) * np.dtype(t.dtype).itemsize
+             for t in description.inputs}
     if sum(sizes.values()) > max_bytes:
         name = max(sizes, key=sizes.get)
         raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -546,7 +548,7 @@ def _random_inputs(program, max_bytes: int) -> dict[str, np.ndarray]:
                     "(--max-input-size); raise the limit or check the model's input shapes")
     rng = np.random.default_rng(0)
     out = {}
-    for tensor in program.inputs:
+    for tensor in description.inputs:
         shape = shapes[tensor.name]
         if np.issubdtype(tensor.dtype, np.integer):
             info = np.iinfo(tensor.dtype)

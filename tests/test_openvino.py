@@ -24,6 +24,7 @@ What is checked:
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +37,7 @@ import qverify  # noqa: E402
 import synthetic  # noqa: E402
 from agent_harness import AgentClient, AgentPool, model_id  # noqa: E402
 from qverify.agent.backends import BackendInfo, LoadedModel  # noqa: E402
+from qverify.agent.backends.base import RunOutput, TensorDump  # noqa: E402
 from qverify.agent.backends.openvino import OpenVinoBackend  # noqa: E402
 from qverify.agent.backends.openvino_compile import compile_openvino  # noqa: E402
 from qverify.client.cli import main  # noqa: E402
@@ -44,7 +46,7 @@ from qverify.client.results import DECIDED_BY_ISOLATION  # noqa: E402
 from qverify.simulator import load, save  # noqa: E402
 from qverify.simulator.compiler import compile_model  # noqa: E402
 from qverify.simulator.modelfile import encode  # noqa: E402
-from qverify.simulator.executor import Dump, RunResult, quantize  # noqa: E402
+from qverify.simulator.executor import quantize  # noqa: E402
 
 INPUT_SHAPES = {"ppocr_cls": {"x": [1, 3, 48, 192]}, "ppocr_det": {"x": [1, 3, 96, 160]}}
 NO_TWIN = "board vs simulator does not apply to an OpenVINO board"
@@ -250,7 +252,7 @@ class _Bitflip(LoadedModel):
     """The OpenVINO model, with one tensor's codes flipped by 64 LSB wherever it appears."""
 
     def __init__(self, inner: LoadedModel, tensor: str) -> None:
-        self.inner, self.program, self.tensor = inner, inner.program, tensor
+        self.inner, self.description, self.tensor = inner, inner.description, tensor
 
     def _flip(self, array):
         return None if array is None else (array.view(np.uint8) ^ np.uint8(0x40)).view(np.int8)
@@ -259,14 +261,13 @@ class _Bitflip(LoadedModel):
         if sink is None:
             return None
 
-        def wrapped(d: Dump) -> None:
+        def wrapped(d: TensorDump) -> None:
             if d.tensor.name == self.tensor:
-                d = Dump(d.tensor, d.producer, self._flip(d.valid), self._flip(d.aligned), d.aligned_shape,
-                         d.aligned_strides, d.aligned_layout)
+                d = dataclasses.replace(d, valid=self._flip(d.valid), aligned=self._flip(d.aligned))
             sink(d)
         return wrapped
 
-    def _outputs(self, result: RunResult) -> RunResult:
+    def _outputs(self, result: RunOutput) -> RunOutput:
         if self.tensor in result.outputs:
             result.outputs[self.tensor] = self._flip(result.outputs[self.tensor])
         return result

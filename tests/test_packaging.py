@@ -92,3 +92,16 @@ def test_non_editable_install_into_a_fresh_venv(tmp_path):
         run = subprocess.run([str(env_dir / "bin" / script), "--help"] if script == "qverify" else
                              [str(env_dir / "bin" / script)], capture_output=True, text=True, timeout=120)
         assert run.returncode == code, run.stderr
+
+
+def test_the_backend_interface_is_backend_neutral():
+    """A vendor backend implements agent/backends/base.py without any simulator type: the interface
+    imports nothing of the simulator, and the agent builds every message from the backend's description."""
+    code = ("import sys\n"
+            "import qverify.agent.backends.base as base\n"
+            "print(sorted(m for m in sys.modules if m.startswith('qverify.simulator')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    service = (ROOT / "agent" / "service.py").read_text()
+    assert "model.program" not in service

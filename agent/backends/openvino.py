@@ -35,14 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from qverify.agent.backends.base import (
-    Backend,
-    BackendError,
-    BackendInfo,
-    LoadedModel,
-    ModelInvalid,
-    ModelMismatch,
-)
+from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
+from qverify.agent.backends.program_backed import ProgramBackedModel
 from qverify.simulator import layout, modelfile
 from qverify.simulator.errors import InputError, ModelFormatError
 from qverify.simulator.executor import Dump, RunCancelled, RunResult, dequantize
@@ -73,7 +67,7 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-class OpenVinoModel(LoadedModel):
+class OpenVinoModel(ProgramBackedModel):
     """One model.ov loaded on OpenVINO: the plain compiled model, and lazily the dumping and group models."""
 
     def __init__(self, backend: "OpenVinoBackend", program: Program, label: str) -> None:
@@ -266,9 +260,8 @@ class OpenVinoModel(LoadedModel):
             return out
 
     # ---- runs
-    def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
-            sink: Callable[[Dump], None] | None = None, core: int = 0,
-            should_stop: Callable[[], bool] | None = None) -> RunResult:
+    def _run(self, inputs: dict[str, np.ndarray], dump: object, dump_layout: str,
+             sink: Callable[[Dump], None] | None, core: int, should_stop: Callable[[], bool] | None) -> RunResult:
         if should_stop is not None and should_stop():
             raise RunCancelled("run stopped before it started: its caller gave up", 0)
         start = time.perf_counter()
@@ -297,10 +290,10 @@ class OpenVinoModel(LoadedModel):
         ordered = [t.name for t in self.program.inputs] + [n for node in self.program.nodes for n in node.outputs]
         return [n for n in dict.fromkeys(ordered) if n in names]
 
-    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
-                     groups: list[tuple[str, str]], dump: object = "all", dump_layout: str = "valid",
-                     sink: Callable[[Dump], None] | None = None, core: int = 0,
-                     should_stop: Callable[[], bool] | None = None) -> RunResult:
+    def _run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                      groups: list[tuple[str, str]], dump: object, dump_layout: str,
+                      sink: Callable[[Dump], None] | None, core: int,
+                      should_stop: Callable[[], bool] | None) -> RunResult:
         ranges = self._ranges(groups)
         for name, value in feeds.items():
             tensor = self.program.tensors.get(name)

@@ -12,41 +12,35 @@ import numpy as np
 
 import qverify
 from qverify.agent import faults as fault_tools
-from qverify.agent.backends.base import (
-    Backend,
-    BackendError,
-    BackendInfo,
-    LoadedModel,
-    ModelInvalid,
-    ModelMismatch,
-)
+from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
+from qverify.agent.backends.program_backed import ProgramBackedModel
 from qverify.simulator import Simulator, modelfile
 from qverify.simulator.errors import ModelFormatError
 from qverify.simulator.executor import Dump, RunCancelled, RunResult
 from qverify.simulator.targets import TargetProfile
 
 
-class SimModel(LoadedModel):
+class SimModel(ProgramBackedModel):
+    """A program on the emulated board; faults (test tooling) wrap its kernels, sink and results."""
+
     def __init__(self, simulator: Simulator, faults: list[fault_tools.Fault]) -> None:
         self.simulator = simulator
         self.program = simulator.program
         self.faults = faults
         self.delay = fault_tools.delay_seconds(faults)
 
-    def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
-            sink: Callable[[Dump], None] | None = None, core: int = 0,
-            should_stop: Callable[[], bool] | None = None) -> RunResult:
+    def _run(self, inputs: dict[str, np.ndarray], dump: object, dump_layout: str,
+             sink: Callable[[Dump], None] | None, core: int, should_stop: Callable[[], bool] | None) -> RunResult:
         if self.delay:
             _busy(self.delay, should_stop)
         return fault_tools.faulty_run(self.simulator, self.faults, dump is not None, lambda: self.simulator.run(
             inputs, dump=dump, dump_layout=dump_layout, sink=fault_tools.wrap_sink(sink, self.faults),
             should_stop=should_stop))
 
-
-    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
-                     groups: list[tuple[str, str]], dump: object = "all", dump_layout: str = "valid",
-                     sink: Callable[[Dump], None] | None = None, core: int = 0,
-                     should_stop: Callable[[], bool] | None = None) -> RunResult:
+    def _run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                      groups: list[tuple[str, str]], dump: object, dump_layout: str,
+                      sink: Callable[[Dump], None] | None, core: int,
+                      should_stop: Callable[[], bool] | None) -> RunResult:
         if self.delay:
             _busy(self.delay, should_stop)
         return self.simulator.run_isolated(inputs, feeds, groups, dump=dump, dump_layout=dump_layout,

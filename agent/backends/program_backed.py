@@ -1,0 +1,85 @@
+"""Backends whose models carry a qverify program (``sim``, ``openvino``): the program gives the
+model description, and the simulator's dumps and results are turned into the interface's own.
+
+A backend built on another runtime's model description need not use this: it fills a
+:class:`~qverify.agent.backends.base.ModelDescription` itself.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import numpy as np
+
+from qverify.agent.backends.base import (
+    LayerSpec,
+    LayerTime,
+    LoadedModel,
+    ModelDescription,
+    ModelInvalidInput,
+    RunCancelled,
+    RunOutput,
+    TensorDump,
+    TensorSpec,
+)
+from qverify.simulator import executor
+from qverify.simulator.errors import InputError
+from qverify.simulator.program import Program
+
+
+def describe(program: Program) -> ModelDescription:
+    """A program's tensors and layers in the interface's terms."""
+    specs = {name: TensorSpec(name, t.dtype, tuple(t.shape), tuple(executor.feed_shape(t)), float(t.scale),
+                              int(t.zero_point), t.info.onnx_float_name)
+             for name, t in program.tensors.items()}
+    layers = [LayerSpec(node.name, node.op, "cpu" if node.on_cpu else "npu") for node in program.nodes]
+    return ModelDescription(program.name, [specs[t.name] for t in program.inputs],
+                            [specs[t.name] for t in program.outputs], specs, layers)
+
+
+class ProgramBackedModel(LoadedModel):
+    """Implements the interface's run / run_isolated over ``_run`` / ``_run_isolated``, which work
+    in the simulator's types (Dump, RunResult, RunCancelled, InputError)."""
+
+    program: Program
+
+    @property
+    def description(self) -> ModelDescription:
+        cached = getattr(self, "_description", None)
+        if cached is None:
+            cached = self._description = describe(self.program)
+        return cached
+
+    @abc.abstractmethod
+    def _run(self, inputs, dump, dump_layout, sink, core, should_stop) -> executor.RunResult: ...
+
+    def _run_isolated(self, inputs, feeds, groups, dump, dump_layout, sink, core, should_stop) -> executor.RunResult:
+        return LoadedModel.run_isolated(self, inputs, feeds, groups)  # raises: cannot isolate
+
+    def run(self, inputs: dict[str, np.ndarray], dump: object = None, dump_layout: str = "valid",
+            sink: Callable[[TensorDump], None] | None = None, core: int = 0,
+            should_stop: Callable[[], bool] | None = None) -> RunOutput:
+        return self._neutral(lambda own_sink: self._run(inputs, dump, dump_layout, own_sink, core, should_stop), sink)
+
+    def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+                     groups: list[tuple[str, str]], dump: object = "all", dump_layout: str = "valid",
+                     sink: Callable[[TensorDump], None] | None = None, core: int = 0,
+                     should_stop: Callable[[], bool] | None = None) -> RunOutput:
+        return self._neutral(lambda own_sink: self._run_isolated(inputs, feeds, groups, dump, dump_layout, own_sink,
+                                                                 core, should_stop), sink)
+
+    def _neutral(self, call, sink) -> RunOutput:
+        specs = self.description.tensors
+
+        def own_sink(d: executor.Dump) -> None:
+            sink(TensorDump(specs[d.tensor.name], d.producer, d.valid, d.aligned, tuple(d.aligned_shape),
+                            tuple(d.aligned_strides), d.aligned_layout))
+
+        try:
+            result = call(own_sink if sink is not None else None)
+        except executor.RunCancelled as exc:
+            raise RunCancelled(str(exc), exc.layers_done) from None
+        except InputError as exc:
+            raise ModelInvalidInput(str(exc)) from None
+        layers = [LayerTime(s.node, s.op, s.placement, s.seconds, s.acc_overflow, s.saturated) for s in result.layers]
+        return RunOutput(result.outputs, layers, result.seconds)
