@@ -147,3 +147,27 @@ def test_server_only_tls_with_insecure_starts_and_warns(tmp_path, pki):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_a_model_for_another_target_names_the_property_that_differs(agent_pool, tmp_path):
+    import grpc
+    import numpy as np
+
+    import synthetic
+    from agent_harness import model_id
+    from qverify.simulator import save
+    from qverify.simulator.compiler import compile_model
+
+    path = tmp_path / "model.bin"
+    save(compile_model(synthetic.quantize(synthetic.small_cnn(seed=1), tmp_path / "q.onnx"), target="sim-a16"), path)
+    data = path.read_bytes()
+    agent = agent_pool.start("--target", "sim-a32", name="a32")
+    with agent.client() as client:
+        client.push(data)
+        with pytest.raises(grpc.RpcError) as err:
+            client.run(model_id(data), {"x": np.zeros((1, 16, 16, 3), np.int8)}, timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.value.details()
+    assert "compiled for target 'sim-a16' (c_align 16 here, 32 on this board)" in details, details
+    assert "qverify compile --target sim-a32" in details
+    assert agent.stop() == 0
