@@ -29,6 +29,14 @@ def client_cert(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None
     return (Path(cert), Path(key)) if cert else None
 
 
+def check_tls_files(ca: Path | None, cert: Path | None, key: Path | None) -> None:
+    """The command line's TLS files exist, and a client certificate comes with its key (BoardSpecError)."""
+    for flag, path in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and not Path(path).is_file():
+            raise BoardSpecError(f"{flag} {path}: no such file")
+    client_cert(cert, key)
+
+
 class BoardSpecError(ValueError):
     """``-b`` cannot be parsed."""
 

@@ -144,12 +144,12 @@ def verify_command(
         raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
     if transport not in ("sftp", "grpc"):
         raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
-    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
-        if path is not None and not path.is_file():
-            raise Failure(f"{flag} {path}: no such file", EXIT_BAD_INPUT)
-    if bool(tls_cert) != bool(tls_key):
-        raise Failure("--tls-cert and --tls-key go together: the client certificate and its private key",
-                      EXIT_BAD_INPUT)
+    from qverify.client.boards import BoardSpecError, check_tls_files
+
+    try:
+        check_tls_files(tls_ca, tls_cert, tls_key)
+    except BoardSpecError as exc:
+        raise Failure(str(exc), EXIT_BAD_INPUT) from None
     if isolate not in ("auto", "always", "never"):
         raise Failure(f"--isolate {isolate}: choose auto, always or never", EXIT_BAD_INPUT)
     if fault and board:

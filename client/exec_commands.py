@@ -66,12 +66,12 @@ def board_options(board: str | None, *, port: int | None = None, token: str | No
         raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
     if connect_timeout <= 0 or timeout <= 0:
         raise Failure("--connect-timeout and --timeout must be positive numbers of seconds", EXIT_BAD_INPUT)
-    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
-        if path is not None and not path.is_file():
-            raise Failure(f"{flag} {path}: no such file", EXIT_BAD_INPUT)
-    if bool(tls_cert) != bool(tls_key):
-        raise Failure("--tls-cert and --tls-key go together: the client certificate and its private key",
-                      EXIT_BAD_INPUT)
+    from qverify.client.boards import BoardSpecError, check_tls_files
+
+    try:
+        check_tls_files(tls_ca, tls_cert, tls_key)
+    except BoardSpecError as exc:
+        raise Failure(str(exc), EXIT_BAD_INPUT) from None
     host, agent_port = parse_board(board, port)
     ssh = None
     if host is not None and transport == "sftp":

@@ -82,6 +82,29 @@ def feed_shape(tensor: TensorView) -> tuple[int, ...]:
     return tensor.shape
 
 
+def node_ranges(program: Program, groups: list[tuple[str, str]] | None) -> list[tuple[int, int]]:
+    """Node-name ranges -> index ranges [start, end] of ``program``; None or [] is every node alone.
+
+    Raises InputError for unknown names, reversed or overlapping ranges.
+    """
+    if not groups:
+        return [(i, i) for i in range(len(program.nodes))]
+    index = {node.name: i for i, node in enumerate(program.nodes)}
+    ranges = []
+    for first, last in groups:
+        for name in (first, last):
+            if name not in index:
+                raise InputError(f"no node named '{name}' in the program; see 'qverify info'")
+        if index[last] < index[first]:
+            raise InputError(f"node group '{first}'..'{last}' is reversed: '{last}' runs before '{first}'")
+        ranges.append((index[first], index[last]))
+    ranges.sort()
+    for (_, end), (start, _) in zip(ranges, ranges[1:]):
+        if start <= end:
+            raise InputError(f"node groups overlap at node '{program.nodes[start].name}'; give disjoint ranges")
+    return ranges
+
+
 class Simulator:
     """Runs one program. Reusable across runs; holds no per-run state."""
 
@@ -195,41 +218,15 @@ class Simulator:
             if should_stop is not None and should_stop():
                 raise RunCancelled(f"run stopped before layer '{node.name}' ({len(result.layers)} of "
                                    f"{len(self.program.nodes)} layers done): its caller gave up", len(result.layers))
-            stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
-            t0 = time.perf_counter()
-            outputs = kernel(node, [env[name] if name else None for name in node.inputs], stats)
-            stats.seconds = time.perf_counter() - t0
-            result.layers.append(stats)
-            for name, value in zip(node.outputs, outputs):
-                env[name] = value
-                if sink is not None and name in wanted:
-                    sink(self._make_dump(self.program.tensors[name], node.name, value, dump_layout))
+            args = [env[name] if name else None for name in node.inputs]
+            self._step(node, kernel, args, env, wanted, dump_layout, sink, result)
             for name in free:
                 env.pop(name, None)
         result.seconds = time.perf_counter() - started
 
     def node_groups(self, groups: list[tuple[str, str]] | None) -> list[tuple[int, int]]:
-        """Node-name ranges -> index ranges [start, end]; None or [] is every node alone.
-
-        Raises InputError for unknown names, reversed or overlapping ranges.
-        """
-        if not groups:
-            return [(i, i) for i in range(len(self.program.nodes))]
-        index = {node.name: i for i, node in enumerate(self.program.nodes)}
-        ranges = []
-        for first, last in groups:
-            for name in (first, last):
-                if name not in index:
-                    raise InputError(f"no node named '{name}' in the program; see 'qverify info'")
-            if index[last] < index[first]:
-                raise InputError(f"node group '{first}'..'{last}' is reversed: '{last}' runs before '{first}'")
-            ranges.append((index[first], index[last]))
-        ranges.sort()
-        for (_, end), (start, _) in zip(ranges, ranges[1:]):
-            if start <= end:
-                raise InputError(f"node groups overlap at node '{self.program.nodes[start].name}'; "
-                                 "give disjoint ranges")
-        return ranges
+        """Node-name ranges -> index ranges [start, end]; see :func:`node_ranges`."""
+        return node_ranges(self.program, groups)
 
     def run_isolated(self, inputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
                      groups: list[tuple[str, str]] | None = None,
@@ -264,18 +261,23 @@ class Simulator:
                                            len(result.layers))
                     args = [self._isolated_input(name, env, feeds, given, node) if name else None
                             for name in node.inputs]
-                    stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
-                    t0 = time.perf_counter()
-                    outputs = kernel(node, args, stats)
-                    stats.seconds = time.perf_counter() - t0
-                    result.layers.append(stats)
-                    for name, value in zip(node.outputs, outputs):
-                        env[name] = value
-                        if sink is not None and name in wanted:
-                            sink(self._make_dump(self.program.tensors[name], node.name, value, dump_layout))
+                    self._step(node, kernel, args, env, wanted, dump_layout, sink, result)
                 result.outputs.update({t.name: env[t.name] for t in self.program.outputs if t.name in env})
         result.seconds = time.perf_counter() - started
         return result
+
+    def _step(self, node: NodeView, kernel: Callable, args: list, env: dict, wanted: set[str], dump_layout: Layout,
+              sink: DumpSink | None, result: RunResult) -> None:
+        """Run one node on ``args``: its outputs into ``env``, its stats into ``result``, its dumps to ``sink``."""
+        stats = LayerStats(node.name, node.op, node.onnx_op, "cpu" if node.on_cpu else "npu")
+        t0 = time.perf_counter()
+        outputs = kernel(node, args, stats)
+        stats.seconds = time.perf_counter() - t0
+        result.layers.append(stats)
+        for name, value in zip(node.outputs, outputs):
+            env[name] = value
+            if sink is not None and name in wanted:
+                sink(self._make_dump(self.program.tensors[name], node.name, value, dump_layout))
 
     def _isolated_input(self, name: str, env: dict, feeds: dict, given: dict, node: NodeView) -> np.ndarray:
         for source in (env, feeds, given, self.program.constants):

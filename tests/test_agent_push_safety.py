@@ -7,13 +7,13 @@ it needs.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 
 from agent_harness import agent_pool, model_id  # noqa: F401  (fixture)
+from tmpfs import mounted_tmpfs
 from qverify.simulator import modelfile
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import model_pb2
@@ -29,17 +29,9 @@ def model_of_size(size: int, name: str) -> bytes:
 
 @pytest.fixture
 def tmpfs_store(tmp_path: Path):
-    """A real 4 MiB tmpfs for the agent's store (root only; skipped where mounting is not permitted)."""
-    mount = tmp_path / "store"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, timeout=30)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A real 4 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "store") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
 
 
 def _one_byte_of(data: bytes, declared: int):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tmpfs import mounted_tmpfs
 from qverify.agent import store as store_mod
 from qverify.agent.store import (
     HashMismatch,
@@ -650,17 +651,9 @@ def test_a_model_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tmpfs_4mib(tmp_path: Path):
-    """A real 4 MiB tmpfs (root only; skipped where mounting is not permitted)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, timeout=30)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A real 4 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "tmpfs") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
 
 
 def test_on_a_real_full_disk_a_push_that_cannot_fit_keeps_the_store(tmpfs_4mib: Path) -> None:

@@ -36,10 +36,10 @@ from typing import Callable
 import numpy as np
 
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
-from qverify.agent.backends.program_backed import ProgramBackedModel
+from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
 from qverify.simulator import layout, modelfile
 from qverify.simulator.errors import InputError, ModelFormatError
-from qverify.simulator.executor import Dump, RunCancelled, RunResult, dequantize
+from qverify.simulator.executor import Dump, RunCancelled, RunResult, dequantize, node_ranges
 from qverify.simulator.program import Program, TensorView
 from qverify.simulator.targets import TargetProfile, get_target
 
@@ -335,24 +335,8 @@ class OpenVinoModel(ProgramBackedModel):
         return result
 
     def _ranges(self, groups: list[tuple[str, str]] | None) -> list[tuple[int, int]]:
-        """Node-name ranges -> index ranges (the simulator's rules: known names, in order, disjoint)."""
-        nodes = self.program.nodes
-        if not groups:
-            return [(i, i) for i in range(len(nodes))]
-        index = {node.name: i for i, node in enumerate(nodes)}
-        ranges = []
-        for first, last in groups:
-            for name in (first, last):
-                if name not in index:
-                    raise InputError(f"no node named '{name}' in the program; see 'qverify info'")
-            if index[last] < index[first]:
-                raise InputError(f"node group '{first}'..'{last}' is reversed: '{last}' runs before '{first}'")
-            ranges.append((index[first], index[last]))
-        ranges.sort()
-        for (_, end), (start, _) in zip(ranges, ranges[1:]):
-            if start <= end:
-                raise InputError(f"node groups overlap at node '{nodes[start].name}'; give disjoint ranges")
-        return ranges
+        """Node-name ranges -> index ranges, by the simulator's rules (known names, in order, disjoint)."""
+        return node_ranges(self.program, groups)
 
 
 class OpenVinoBackend(Backend):
@@ -381,9 +365,7 @@ class OpenVinoBackend(Backend):
             self.device_name = str(self.core.get_property(self.device, "FULL_DEVICE_NAME")).strip()
         except Exception:  # the name is informative only
             self.device_name = ""
-        self._cache: OrderedDict[str, OpenVinoModel] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache = ModelCache(cache_size)
 
     def info(self) -> BackendInfo:
         device = f"{self.device}: {self.device_name}" if self.device_name else self.device
@@ -391,11 +373,9 @@ class OpenVinoBackend(Backend):
                            capabilities=["dump", "perf", "push", "isolate"])
 
     def load(self, path: Path, sha256: str) -> OpenVinoModel:
-        with self._lock:
-            cached = self._cache.get(sha256)
-            if cached is not None:
-                self._cache.move_to_end(sha256)
-                return cached
+        cached = self._cache.get(sha256)
+        if cached is not None:
+            return cached
         label = f"model {sha256[:12]}…"  # never the store's path
         try:
             data = Path(path).read_bytes()
@@ -415,16 +395,10 @@ class OpenVinoBackend(Backend):
                                f"'{program.proto.runtime_format}'); recompile with 'qverify compile quant.onnx "
                                f"--target {self.target.name} -o model.ov'")
         model = OpenVinoModel(self, program, label)
-        with self._lock:
-            self._cache[sha256] = model
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return model
+        return self._cache.put(sha256, model)
 
     def forget(self, sha256: str) -> None:
-        with self._lock:
-            self._cache.pop(sha256, None)
+        self._cache.forget(sha256)
 
     def close(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()

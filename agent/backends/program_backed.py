@@ -7,6 +7,8 @@ A backend built on another runtime's model description need not use this: it fil
 from __future__ import annotations
 
 import abc
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -83,3 +85,34 @@ class ProgramBackedModel(LoadedModel):
             raise ModelInvalidInput(str(exc)) from None
         layers = [LayerTime(s.node, s.op, s.placement, s.seconds, s.acc_overflow, s.saturated) for s in result.layers]
         return RunOutput(result.outputs, layers, result.seconds)
+
+
+class ModelCache:
+    """Loaded models by sha256, least recently used dropped past ``size``; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> LoadedModel | None:
+        with self._lock:
+            model = self._models.get(sha256)
+            if model is not None:
+                self._models.move_to_end(sha256)
+            return model
+
+    def put(self, sha256: str, model: LoadedModel) -> LoadedModel:
+        with self._lock:
+            self._models[sha256] = model
+            while len(self._models) > self._size:
+                self._models.popitem(last=False)
+        return model
+
+    def forget(self, sha256: str) -> None:
+        with self._lock:
+            self._models.pop(sha256, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import platform
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +11,7 @@ import numpy as np
 import qverify
 from qverify.agent import faults as fault_tools
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
-from qverify.agent.backends.program_backed import ProgramBackedModel
+from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
 from qverify.simulator import Simulator, modelfile
 from qverify.simulator.errors import ModelFormatError
 from qverify.simulator.executor import Dump, RunCancelled, RunResult
@@ -69,9 +67,7 @@ class SimBackend(Backend):
         self.max_tensor_bytes = max_tensor_bytes  # every declared tensor is checked at load, before any allocation
         self.npu_cores = max(1, npu_cores)
         self.faults = list(faults)
-        self._cache: OrderedDict[str, SimModel] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache = ModelCache(cache_size)
 
     def info(self) -> BackendInfo:
         return BackendInfo(name="sim", runtime_version=f"qverify-sim {qverify.__version__} "
@@ -80,11 +76,9 @@ class SimBackend(Backend):
                            + (["faults"] if self.faults else []))
 
     def load(self, path: Path, sha256: str) -> SimModel:
-        with self._lock:
-            cached = self._cache.get(sha256)
-            if cached is not None:
-                self._cache.move_to_end(sha256)
-                return cached
+        cached = self._cache.get(sha256)
+        if cached is not None:
+            return cached
         label = f"model {sha256[:12]}…"  # never the store's path: a client has no business with it
         try:
             data = Path(path).read_bytes()
@@ -105,16 +99,10 @@ class SimBackend(Backend):
         simulator = Simulator(program)
         fault_tools.apply_to_simulator(simulator, self.faults)
         model = SimModel(simulator, self.faults)
-        with self._lock:
-            self._cache[sha256] = model
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return model
+        return self._cache.put(sha256, model)
 
     def forget(self, sha256: str) -> None:
-        with self._lock:
-            self._cache.pop(sha256, None)
+        self._cache.forget(sha256)
 
     def close(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache.clear()
