@@ -296,7 +296,9 @@ def _header(r: VerifyResult) -> str:
         parts.append(f'<p class="alert">Latency: {_E(r.latency_failure)}</p>')
     if r.first_divergent is not None:
         fd = r.first_divergent
-        parts.append(f'<p class="alert">First divergent layer: {_E(fd.producer or fd.name)} '
+        isolated = any(p.first_divergent is fd and p.decided_by == "isolation" for p in r.pairs)
+        what = "First wrong layer in isolation" if isolated else "First divergent layer"
+        parts.append(f'<p class="alert">{what}: {_E(fd.producer or fd.name)} '
                      f'({_E(fd.op or "input")}) → {_E(fd.name)}</p>')
     if r.board_findings:
         n = len(r.board_findings)
