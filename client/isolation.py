@@ -164,11 +164,20 @@ def compare_codes(a: np.ndarray, b: np.ndarray, scale: float, zero_point: int) -
             float(d.mean()) if d.size else 0.0, cosine)
 
 
+# A float tensor (between a CPU layer's dequantize and quantize) has no LSB: it agrees when
+# within float32 rounding of the reference; anything else counts as beyond every bound.
+FLOAT_RTOL, FLOAT_BEYOND = 1e-5, 3
+
+
 def compare_values(a: np.ndarray, b: np.ndarray, scale: float) -> tuple[int, int, int, float, float]:
     """The same figures for float tensors (CPU layers), in units of ``scale`` when it is known."""
     unit = scale or 1.0
     d = (a.ravel().astype(np.float64) - b.ravel().astype(np.float64)) / unit
-    lsb = np.rint(np.abs(d)) if scale else np.where(d == 0, 0, 2)
+    if scale:
+        lsb = np.rint(np.abs(d))
+    else:
+        tolerance = FLOAT_RTOL * (float(np.abs(b).max(initial=0.0)) + 1.0)
+        lsb = np.where(np.abs(d) <= tolerance, 0, FLOAT_BEYOND)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     cosine = (float(np.clip(np.dot(a.ravel(), b.ravel()) / (na * nb), -1, 1)) if na and nb
               else (1.0 if na == nb else 0.0))

@@ -79,3 +79,15 @@ def test_rewired_isolation_equals_the_agents_own(agent_pool, ppocr_cls, fault):
     assert wrong == [w.node for w in native_judge.ordered if not w.passed]
     assert wrong == ([layer] if fault else [])
     assert agent.stop() == 0
+
+
+def test_float_tensors_agree_only_within_float32_rounding():
+    """A CPU layer's float tensor has no LSB: a real difference must not hide in a '2 LSB' bucket."""
+    from qverify.client.isolation import compare_values
+
+    reference = np.linspace(-4, 4, 64).astype(np.float32)
+    assert compare_values(reference + np.float32(1e-6), reference, 0.0)[2] == 0
+    wrong = reference.copy()
+    wrong[5] += 0.5
+    off, beyond, max_lsb, _, _ = compare_values(wrong, reference, 0.0)
+    assert beyond == 1 and max_lsb > 2  # beyond the cpu bound of 2 LSB
