@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -205,14 +205,21 @@ class OutputFolder:
                 break
 
 
-def write_json_atomic(data: Any, path: Path) -> None:
-    """JSON written to a temporary file beside ``path`` and renamed over it."""
+def write_text_atomic(path: Path, text: str | Callable[[], str]) -> None:
+    """Write ``text`` (or what ``text()`` renders) to ``path`` as UTF-8 through a temporary file
+    beside it, renamed over it: a reader never sees half a file. On failure the temporary
+    file is removed, the target is left as it was and the error is raised. A new file gets
+    mode 0644 (mkstemp makes 0600, and reports are not secrets); an existing one keeps its mode.
+
+    Every report, manifest and figures file of the host goes through here."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text() if callable(text) else text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -220,3 +227,17 @@ def write_json_atomic(data: Any, path: Path) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    """``data`` as indented JSON, written atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, lambda: json.dumps(data, indent=2) + "\n")
+
+
+# The run manifest's format (docs/report-schema.md, "Run manifest"): the first key of manifest.json.
+RUN_MANIFEST_SCHEMA = "qverify.run/1"
+
+
+def write_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """``manifest.json`` of a ``qverify run`` folder, with its ``schema`` key first."""
+    write_json_atomic({"schema": RUN_MANIFEST_SCHEMA, **{k: v for k, v in manifest.items() if k != "schema"}}, path)

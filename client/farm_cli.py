@@ -1,4 +1,4 @@
-"""``qverify farm run farm.toml`` and ``qverify farm report --since 7d``: parse and delegate."""
+"""``qverify farm run | check | schema | report``: parse and delegate."""
 from __future__ import annotations
 
 import contextlib
@@ -157,22 +157,69 @@ def report_command(
     since: str = typer.Option("7d", "--since", help="period: 7d, 12h, 2w, or an ISO date"),
     db: Optional[Path] = typer.Option(None, "--db", help="history database (default: the user's data dir)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="also write the report as an HTML page with "
+                                                                  "trend plots"),
 ) -> None:
     """Trends and regressions of recorded farm runs."""
     import json
 
     from qverify.client.cli import EXIT_BAD_INPUT, Failure
-    from qverify.client.farm_history import History, default_db_path, parse_since, render_report, report_json
+    from qverify.client.farm_history import (History, default_db_path, parse_since, render_report,
+                                             render_report_html, report_json)
 
     try:
         start = parse_since(since)
     except ValueError as exc:
         raise Failure(f"--since {since}: {exc}", EXIT_BAD_INPUT) from None
+    if html_out is not None and not html_out.absolute().parent.is_dir():
+        raise Failure(f"--html {html_out}: folder {html_out.parent} does not exist", EXIT_BAD_INPUT)
     path = db or default_db_path()
     if not path.exists():
         raise Failure(f"no farm history at {path}; run 'qverify farm run' first (or give --db)", EXIT_BAD_INPUT)
     with History(path) as history:
+        if html_out is not None:
+            from qverify.client.dumpfiles import write_text_atomic
+
+            write_text_atomic(html_out, render_report_html(history, start))
         if json_out:
             print(json.dumps(report_json(history, start), indent=2, default=str))
         else:
             render_report(history, start, _out)
+
+
+@farm_app.command("check")
+def check_command(
+    inventory: Path = typer.Argument(..., help="farm inventory (TOML)"),
+    json_out: bool = typer.Option(False, "--json", help="print the pairs as JSON"),
+) -> None:
+    """Validate the inventory (every error at once) and list the (board, model) pairs, without running."""
+    from qverify.client.farm_inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    pairs = inv.pairs()
+    if json_out:
+        import json
+
+        print(json.dumps({"schema": "qverify.farm-check/1", "inventory": str(inv.path),
+                          "pairs": [{"board": b.name, "model": m.name} for b, m in pairs]}, indent=2))
+        return
+    table = Table(title=f"{escape(str(inventory))}: {len(pairs)} pair{'s' * (len(pairs) != 1)}", title_justify="left")
+    for column in ("board", "address", "transport", "model", "model.bin"):
+        table.add_column(column, overflow="fold")
+    for board, model in pairs:
+        where = f"{board.host}:{board.agent_port}" if board.host else f"labgrid place {board.place}"
+        table.add_row(escape(board.name), escape(where), board.transport, escape(model.name), escape(model.bin.name))
+    _out.print(table)
+    unused = [b.name for b in inv.boards if all(b is not pb for pb, _ in pairs)]
+    unused += [m.name for m in inv.models if all(m is not pm for _, pm in pairs)]
+    if unused:
+        _out.print(f"[yellow]not in any pair:[/yellow] {escape(', '.join(unused))}")
+    _out.print(f"inventory OK: {len(inv.boards)} boards, {len(inv.models)} models, {len(pairs)} pairs")
+
+
+@farm_app.command("schema")
+def schema_command() -> None:
+    """Print the inventory's JSON Schema (qverify farm schema > farm.schema.json), for editors."""
+    from qverify.client.farm_inventory import json_schema
+
+    sys.stdout.write(json_schema())

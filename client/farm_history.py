@@ -38,7 +38,6 @@ import json
 import os
 import re
 import sqlite3
-import sys
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -72,17 +71,12 @@ _SCHEMA = [
 
 
 def default_db_path() -> Path:
-    """``$XDG_DATA_HOME/qverify/history.sqlite3``, else the platform's user data folder."""
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    if xdg and os.path.isabs(xdg):
-        base = Path(xdg)
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    elif os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        base = Path(os.environ["LOCALAPPDATA"])
-    else:
-        base = Path.home() / ".local" / "share"
-    return base / "qverify" / "history.sqlite3"
+    """``history.sqlite3`` in the user's data folder for qverify (platformdirs: ``$XDG_DATA_HOME/qverify``
+    or ``~/.local/share/qverify`` on Linux, ``~/Library/Application Support/qverify`` on macOS,
+    ``%LOCALAPPDATA%\\qverify`` on Windows)."""
+    import platformdirs  # host side only; imported here so that `import farm_history` stays cheap
+
+    return platformdirs.user_data_path("qverify", appauthor=False) / "history.sqlite3"
 
 
 def _parse_iso(text: str) -> datetime:
@@ -361,3 +355,25 @@ def render_report(history: History, since: datetime, console: Any) -> None:
     for reg in data["regressions"]:
         console.print(f"[red]{escape(reg['kind'])}[/] {_short(reg['started'])} {escape(reg['board'])} "
                       f"{escape(reg['model'])}: {escape(reg['message'])}")
+
+
+def render_report_html(history: History, since: datetime) -> str:
+    """``qverify farm report --html F``: the terminal report's tables, the regressions and the trend
+    sparklines of every pair, as one self-contained page (the farm run page's style)."""
+    from html import escape as e
+
+    from qverify.client.farm_trend import history_page
+
+    data = report_json(history, since)
+    runs = data["runs"]
+    head = (f"<h1>qverify farm history</h1><p>since {e(_short(data['since']))} · {len(runs)} "
+            f"run{'s' * (len(runs) != 1)}" + (f" · last {e(runs[-1]['run_id'])} at {e(_short(runs[-1]['started']))}"
+                                              if runs else "") + f" · {e(str(history.path))}</p>")
+    rows = [[p["board"], p["model"], str(p["runs"]), str(p[CONSISTENT]), str(p[INCONSISTENT]), str(p[INFRA]),
+             p["last_outcome"] + (" (skipped)" if p["last_outcome"] == INFRA and p["skipped"] else ""),
+             _short(p["last_good_started"]) if p["last_good_run"] else "never",
+             _latency_trend(p["latency_first_ms"], p["latency_last_ms"]), str(p["regressions"])]
+            for p in data["pairs"]]
+    regressions = [[_short(g["started"]), g["board"], g["model"], g["kind"], g["message"], g["previous_run"]]
+                   for g in data["regressions"]]
+    return history_page(head, rows, regressions, history.trend(since=since))

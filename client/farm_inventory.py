@@ -1,55 +1,95 @@
 """The farm inventory (farm.toml): boards, models, and the matrix pairing them by labels.
 
-Validated completely before anything runs; every error names the file, the line and the
-key (``farm.toml:14: boards[1].agent_port: must be a port number 1..65535``). Example:
-``deploy/farm/inventory.example.toml``.
+Validated completely before anything runs, and every error is reported at once: each names
+the file, the line and the key (``farm.toml:14: boards[1].agent_port: must be a port number
+1..65535``), and an unknown key says which known one it probably means. Example:
+``deploy/farm/inventory.example.toml``; a JSON Schema for editors: ``qverify farm schema``.
+
+The shape, types and bounds are pydantic models (:class:`BoardEntry`, :class:`ModelEntry`,
+:class:`Settings`, :class:`MatrixRule`); what pydantic cannot know (files that must exist,
+host or place, names used twice) is checked after it. Host side only: the board agent never
+imports this module.
 
 Relative paths are relative to the inventory file. Secrets are never in the file: a
 board names ``token_env`` or ``token_file``.
 """
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
-BOARD_KEYS = {"name", "host", "place", "coordinator", "agent_port", "ssh_user", "ssh_key", "ssh_port", "known_hosts",
-              "token_env", "token_file", "tls_ca", "tls_cert", "tls_key", "transport", "labels", "connect_timeout_s"}
-MODEL_KEYS = {"name", "onnx", "bin", "inputs", "seed", "digits", "dump_all", "labels", "max_lsb", "min_cosine",
-              "min_layer_cosine", "perf_frames", "ort_opt", "timeout_s"}
-SETTINGS_KEYS = {"jobs", "timeout_s", "retries", "backoff_s", "latency_regression_pct", "place_wait_s"}
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+TABLES = ("settings", "defaults", "boards", "models", "matrix")
+PATH_KEYS = ("ssh_key", "known_hosts", "token_file", "tls_ca", "tls_cert", "tls_key", "bin", "onnx")
 
 
 class InventoryError(ValueError):
-    """The inventory is invalid; the message is ``file:line: key: what is wrong``."""
+    """The inventory is invalid: one line per error, each ``file:line: key: what is wrong``.
 
-    def __init__(self, text: str, where: str = "", detail: str = "") -> None:
-        super().__init__(text)
+    ``where`` and ``detail`` are the first error's key and message; ``lines`` all of them."""
+
+    def __init__(self, text: str, where: str = "", detail: str = "", lines: list[str] | None = None) -> None:
+        self.lines = lines or [text]
+        super().__init__("\n".join(self.lines))
         self.where, self.detail = where, detail
 
 
-@dataclass
-class BoardEntry:
-    name: str
-    host: str | None = None
-    place: str | None = None  # labgrid place: address and user come from its NetworkService
-    coordinator: str | None = None
-    agent_port: int = 7060
-    ssh_user: str | None = None
-    ssh_key: Path | None = None
-    ssh_port: int | None = None
-    known_hosts: Path | None = None
-    token_env: str | None = None
-    token_file: Path | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None  # client certificate and key for an mTLS agent
-    tls_key: Path | None = None
-    transport: str = "sftp"
-    labels: dict[str, str] = field(default_factory=dict)
-    connect_timeout_s: float = 5.0
+def _resolve_path(value: Any, info: Any) -> Any:
+    """A path relative to the inventory's folder (``~`` expanded); other types are left for the type check."""
+    if not isinstance(value, str):
+        return value
+    path = Path(os.path.expanduser(value))
+    base = (info.context or {}).get("base")
+    return path if path.is_absolute() or base is None else base / path
+
+
+class _Table(BaseModel):
+    # strict: "7060" is not a port and true is not a number; extra: a typo is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+
+    @field_validator(*PATH_KEYS, mode="before", check_fields=False)
+    @classmethod
+    def _resolve(cls, value: Any, info: Any) -> Any:
+        return _resolve_path(value, info)
+
+    @field_validator("labels", mode="before", check_fields=False)
+    @classmethod
+    def _label_text(cls, value: Any) -> Any:
+        """Label values are compared as text: ``c_align = 16`` selects like ``"16"``."""
+        if isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
+_Labels = Field(default_factory=dict, description='a table of label = "value"')
+
+
+class BoardEntry(_Table):
+    name: str = Field(description="a name (string)")
+    host: Optional[str] = Field(None, description="the agent's address (a string); or give place")
+    place: Optional[str] = Field(None, description="a labgrid place (a string): address and user come from its "
+                                                   "NetworkService")
+    coordinator: Optional[str] = Field(None, description="the labgrid coordinator's address (a string)")
+    agent_port: int = Field(7060, ge=1, le=65535, description="a port number 1..65535")
+    ssh_user: Optional[str] = Field(None, description="a user name (a string)")
+    ssh_key: Optional[Path] = Field(None, description="a file path")
+    ssh_port: Optional[int] = Field(None, ge=1, le=65535, description="a port number 1..65535")
+    known_hosts: Optional[Path] = Field(None, description="a file path")
+    token_env: Optional[str] = Field(None, description="the name of an environment variable holding the token")
+    token_file: Optional[Path] = Field(None, description="a file path (a file holding the token)")
+    tls_ca: Optional[Path] = Field(None, description="a file path")
+    tls_cert: Optional[Path] = Field(None, description="a file path (the client certificate, for mTLS)")
+    tls_key: Optional[Path] = Field(None, description="a file path (the client certificate's key)")
+    transport: Literal["sftp", "grpc"] = Field("sftp", description="sftp or grpc")
+    labels: dict[str, str] = _Labels
+    connect_timeout_s: float = Field(5.0, gt=0, le=3600, description="seconds, more than 0 and at most 3600")
 
     def token(self) -> str | None:
         if self.token_env:
@@ -59,22 +99,29 @@ class BoardEntry:
         return None
 
 
-@dataclass
-class ModelEntry:
-    name: str
-    bin: Path
-    onnx: Path | None = None
-    inputs: list[str] = field(default_factory=list)  # files (.npy/.npz/images/.bin) or folders of them
-    seed: int = 0
-    digits: int = 5
-    dump_all: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    max_lsb: int = 16
-    min_cosine: float = 0.999
-    min_layer_cosine: float = 0.95
-    perf_frames: int = 20  # board latency measured over this many frames (0: none)
-    ort_opt: str = "all"
-    timeout_s: float | None = None
+class ModelEntry(_Table):
+    name: str = Field(description="a name (string)")
+    bin: Path = Field(description="the compiled model.bin to run on the boards (a file path)")
+    onnx: Optional[Path] = Field(None, description="a file path (the quantized ONNX model)")
+    inputs: list[str] = Field(default_factory=list, description="a file, a folder, or a list of them")
+    seed: int = Field(0, description="an integer")
+    digits: int = Field(5, ge=0, le=12, description="an integer 0..12")
+    dump_all: bool = Field(False, description="true or false")
+    labels: dict[str, str] = _Labels
+    max_lsb: int = Field(16, ge=0, description="an integer >= 0")
+    min_cosine: float = Field(0.999, ge=-1, le=1, description="a number -1..1")
+    min_layer_cosine: float = Field(0.95, ge=-1, le=1, description="a number -1..1")
+    perf_frames: int = Field(20, ge=0, description="an integer >= 0 (0: no latency measured)")
+    ort_opt: Literal["all", "disabled"] = Field("all", description="all or disabled")
+    timeout_s: Optional[float] = Field(None, gt=0, description="seconds, more than 0")
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any, info: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            return value  # the type check says what is wrong
+        return [str(_resolve_path(i, info)) for i in items]
 
     def input_files(self) -> list[str]:
         files: list[str] = []
@@ -84,20 +131,49 @@ class ModelEntry:
         return files
 
 
-@dataclass
-class Settings:
-    jobs: int = 4  # boards worked on at once (each board runs one job at a time)
-    timeout_s: float = 600.0  # per job
-    retries: int = 2  # extra attempts for infrastructure failures only
-    backoff_s: float = 2.0  # first retry delay; doubles each time
-    latency_regression_pct: float = 10.0
-    place_wait_s: float = 300.0  # how long to wait for a labgrid place another user holds
+class Settings(_Table):
+    jobs: int = Field(4, ge=1, le=1024, description="a whole number of boards worked on at once, 1..1024")
+    timeout_s: float = Field(600.0, gt=0, description="a number of seconds per job, more than 0")
+    retries: int = Field(2, ge=0, le=100, description="a whole number 0..100 (extra attempts, infrastructure "
+                                                       "failures only)")
+    backoff_s: float = Field(2.0, ge=0, description="a number of seconds >= 0 (first retry delay; doubles)")
+    latency_regression_pct: float = Field(10.0, ge=0, description="a number >= 0 (percent)")
+    place_wait_s: float = Field(300.0, ge=0, description="a number of seconds >= 0 (wait for a labgrid place)")
 
 
-@dataclass
-class MatrixRule:
-    boards: dict[str, str]  # label selector ("name" selects by name)
-    models: dict[str, str]
+class MatrixRule(_Table):
+    boards: dict[str, str | int | list[str | int]] = Field(default_factory=dict,
+                                                           description='a table of label = "value" (or a list)')
+    models: dict[str, str | int | list[str | int]] = Field(default_factory=dict,
+                                                           description='a table of label = "value" (or a list)')
+
+
+BOARD_KEYS = set(BoardEntry.model_fields)
+MODEL_KEYS = set(ModelEntry.model_fields)
+SETTINGS_KEYS = set(Settings.model_fields)
+DEFAULT_KEYS = (BOARD_KEYS | MODEL_KEYS) - {"name", "host", "place", "bin", "onnx"}
+# [defaults]: any board or model key that two entries can share, all optional.
+Defaults = create_model(  # type: ignore[call-overload]
+    "Defaults", __config__=ConfigDict(extra="forbid"),
+    **{k: (Optional[f.annotation], Field(None, description=f.description))
+       for fields in (BoardEntry.model_fields, ModelEntry.model_fields) for k, f in fields.items() if k in DEFAULT_KEYS})
+
+
+class InventoryFile(BaseModel):
+    """The whole file, for the JSON Schema (entries are validated one by one, to locate errors)."""
+    model_config = ConfigDict(extra="forbid", title="qverify farm inventory")
+    settings: Settings = Field(default_factory=Settings)
+    defaults: Defaults = Field(default_factory=Defaults)  # type: ignore[valid-type]
+    boards: list[BoardEntry] = Field(min_length=1)
+    models: list[ModelEntry] = Field(min_length=1)
+    matrix: list[MatrixRule] = Field(default_factory=list)
+
+
+def json_schema() -> str:
+    """The inventory's JSON Schema (for editors: Taplo / Even Better TOML ``#:schema`` or settings)."""
+    schema = InventoryFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return json.dumps(schema, indent=2) + "\n"
 
 
 @dataclass
@@ -125,7 +201,7 @@ class Inventory:
         return out
 
 
-def _selects(selector: dict[str, str], name: str, labels: dict[str, str]) -> bool:
+def _selects(selector: dict[str, Any], name: str, labels: dict[str, str]) -> bool:
     for key, value in selector.items():
         have = name if key == "name" else labels.get(key)
         wanted = value if isinstance(value, list) else [value]
@@ -134,13 +210,72 @@ def _selects(selector: dict[str, str], name: str, labels: dict[str, str]) -> boo
     return True
 
 
-class _Locator:
-    """Line numbers for keys of a TOML text (tomllib gives none): the n-th ``[[array]]`` header,
-    then the first ``key =`` line in that table."""
+def load_inventory(path: Path) -> Inventory:
+    """Read and validate ``path``; raises :class:`InventoryError` listing every error found."""
+    path = Path(path)
+    data, text = read_toml(path)
+    errors = Collector(path, text)
+    base = path.parent
+    for key in data:
+        if key not in TABLES:
+            errors.unknown(key, TABLES, "table", array=key)
+    settings = errors.validate(Settings, data.get("settings", {}), "settings", None, {}, base) or Settings()
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        errors.add("defaults", "must be a table", key="defaults")
+        defaults = {}
+    for key in defaults:
+        if key not in DEFAULT_KEYS:
+            errors.unknown(key, DEFAULT_KEYS, "key (or one that cannot have a default)", "defaults", None, "defaults.")
+    tables = {name: errors.array(data, name) for name in ("boards", "models")}
+    boards = [errors.validate(BoardEntry, t, "boards", i, defaults, base) for i, t in enumerate(tables["boards"])]
+    models = [errors.validate(ModelEntry, t, "models", i, defaults, base) for i, t in enumerate(tables["models"])]
+    matrix_tables = data.get("matrix", [])
+    if not isinstance(matrix_tables, list):
+        errors.add("matrix", "needs [[matrix]] tables", key="matrix")
+        matrix_tables = []
+    matrix = [errors.validate(MatrixRule, t, "matrix", i, {}, base) for i, t in enumerate(matrix_tables)]
+    check_entries(errors, boards, models)
+    errors.raise_if_any()
+    inventory = Inventory(path, [b for b in boards if b], [m for m in models if m], [r for r in matrix if r], settings)
+    if not inventory.pairs():
+        raise InventoryError(f"{path}: no (board, model) pair: check the labels and the [[matrix]] rules")
+    return inventory
+
+
+def did_you_mean(key: str, known: Any) -> str:
+    """``; did you mean X?`` for the closest known name, or ``""``."""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# ---------------------------------------------------------------- reading, locating, collecting errors
+
+def read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """The parsed file and its text; a file that cannot be read or parsed is one error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read the inventory ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 by definition, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InventoryError(f"{path}:{line}: byte {exc.start} (0x{raw[exc.start]:02x}) is not UTF-8; TOML files "
+                             "must be UTF-8: save the inventory as UTF-8") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(f"{path}: not valid TOML: {exc}") from None
+
+
+class Collector:
+    """Every error of one inventory, each with its line: tomllib gives no line numbers, so a key is
+    found as the first ``key =`` line of the n-th ``[[array]]`` (or ``[table]``) it belongs to."""
 
     def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
+        self.path, self.lines = path, text.splitlines()
+        self.found: list[tuple[int, str, str]] = []
 
     def line(self, array: str | None, index: int | None = None, key: str | None = None) -> int:
         start, seen = 0, -1
@@ -161,212 +296,104 @@ class _Locator:
                     return number + 1
         return start + 1
 
-    def error(self, where: str, message: str, array: str | None = None, index: int | None = None,
-              key: str | None = None) -> InventoryError:
-        return InventoryError(f"{self.path}:{self.line(array, index, key)}: {where}: {message}", where, message)
+    def add(self, where: str, message: str, array: str | None = None, index: int | None = None,
+            key: str | None = None) -> None:
+        item = (self.line(array, index, key), where, message)
+        if item not in self.found:  # a bad [defaults] value is inherited by every entry: say it once
+            self.found.append(item)
+
+    def unknown(self, key: str, known: Any, what: str, array: str | None = None, index: int | None = None,
+                prefix: str = "") -> None:
+        self.add(f"{prefix}{key}", f"unknown {what}{did_you_mean(key, known)} (known: {', '.join(sorted(known))})",
+                 array if array is not None else key, index, key)
+
+    def array(self, data: dict[str, Any], name: str) -> list[Any]:
+        items = data.get(name)
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            self.add(name, f"needs at least one [[{name}]] table")
+            return []
+        return items
+
+    def validate(self, model: type[BaseModel], table: Any, array: str, index: int | None, defaults: dict[str, Any],
+                 base: Path) -> Any:
+        """``model`` from ``table`` with [defaults] filled in, or None after recording every error
+        (a bad inherited value is reported in [defaults], where it can be fixed)."""
+        prefix = array if index is None else f"{array}[{index}]"
+        if not isinstance(table, dict):
+            self.add(prefix, "must be a table", array, index)
+            return None
+        fields = model.model_fields
+        inherited = {k: v for k, v in defaults.items() if k in fields and k in DEFAULT_KEYS and k not in table}
+        try:
+            return model.model_validate({**inherited, **table}, context={"base": base})
+        except ValidationError as exc:
+            for err in exc.errors():
+                key = str(err["loc"][0]) if err["loc"] else ""
+                if err["type"] == "extra_forbidden":
+                    self.unknown(key, fields, "key", array, index, prefix + ".")
+                    continue
+                described = fields[key].description if key in fields else ""
+                message = (f"missing: {described}" if err["type"] == "missing"
+                           else str(err["msg"]).removeprefix("Value error, ") if err["type"] == "value_error"
+                           else f"must be {described}")
+                if key in inherited:
+                    self.add(f"defaults.{key}", message, "defaults", None, key)
+                else:
+                    self.add(f"{prefix}.{key}", message, array, index, key if key in table else None)
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            self.found.sort(key=lambda item: item[0])
+            lines = [f"{self.path}:{line}: {where}: {message}" for line, where, message in self.found]
+            raise InventoryError(lines[0], self.found[0][1], self.found[0][2], lines)
 
 
-def load_inventory(path: Path) -> Inventory:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InventoryError(f"{path}: cannot read the inventory ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")  # TOML is UTF-8 by definition, whatever the locale says
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise InventoryError(f"{path}:{line}: byte {exc.start} (0x{raw[exc.start]:02x}) is not UTF-8; TOML files "
-                             "must be UTF-8: save the inventory as UTF-8") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InventoryError(f"{path}: not valid TOML: {exc}") from None
-    loc = _Locator(path, text)
-    base = path.parent
-    unknown = set(data) - {"defaults", "settings", "boards", "models", "matrix"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise loc.error(key, "unknown table; known: settings, defaults, boards, models, matrix", key=key)
-    settings = _settings(data.get("settings", {}), loc)
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise loc.error("defaults", "must be a table", key="defaults")
-    for key in defaults:
-        if key not in (BOARD_KEYS | MODEL_KEYS) - {"name", "host", "place", "bin", "onnx"}:
-            raise loc.error(f"defaults.{key}", "unknown key (or one that cannot have a default)", "defaults", None, key)
-    boards = [_with_defaults(_board, i, b, defaults, BOARD_KEYS, loc, base) for i, b in enumerate(_array(data, "boards", loc))]
-    models = [_with_defaults(_model, i, m, defaults, MODEL_KEYS, loc, base) for i, m in enumerate(_array(data, "models", loc))]
+def check_entries(errors: Collector, boards: list[BoardEntry | None], models: list[ModelEntry | None]) -> None:
+    """What the types cannot say: files that must exist, host or place, names and addresses used twice."""
+    for i, b in enumerate(boards):
+        if b is None:
+            continue
+        if (b.host is None) == (b.place is None):
+            errors.add(f"boards[{i}].host", "give exactly one of host (address) or place (labgrid place)", "boards", i,
+                       "host" if b.host is not None else None)
+        if b.token_file is not None and not b.token_file.is_file():
+            errors.add(f"boards[{i}].token_file", f"{b.token_file} does not exist", "boards", i, "token_file")
+        if bool(b.tls_cert) != bool(b.tls_key):
+            key = "tls_key" if b.tls_cert else "tls_cert"
+            errors.add(f"boards[{i}].{key}", "tls_cert and tls_key go together (the client certificate and its key)",
+                       "boards", i, key)
+    for i, m in enumerate(models):
+        if m is None:
+            continue
+        for key in ("bin", "onnx"):
+            path = getattr(m, key)
+            if path is not None and not path.is_file():
+                errors.add(f"models[{i}].{key}", f"{path} does not exist", "models", i, key)
+        for item in m.inputs:
+            if not Path(item).exists():
+                errors.add(f"models[{i}].inputs", f"{item} does not exist", "models", i, "inputs")
     for kind, entries in (("boards", boards), ("models", models)):
-        seen: set[str] = set()
+        first: dict[str, int] = {}
         for i, entry in enumerate(entries):
-            if entry.name in seen:
-                raise loc.error(f"{kind}[{i}].name", f"'{entry.name}' is used twice", kind, i, "name")
-            seen.add(entry.name)
-    _refuse_shared_addresses(boards, loc)
-    matrix = [_rule(i, r, loc) for i, r in enumerate(data.get("matrix", []))]
-    inventory = Inventory(path, boards, models, matrix, settings)
-    if not inventory.pairs():
-        raise InventoryError(f"{path}: no (board, model) pair: check the labels and the [[matrix]] rules")
-    return inventory
+            if entry is not None and entry.name in first:
+                errors.add(f"{kind}[{i}].name", f"'{entry.name}' is used twice (first as {kind}[{first[entry.name]}])",
+                           kind, i, "name")
+            elif entry is not None:
+                first[entry.name] = i
+    _shared_addresses(errors, boards)
 
 
-def _refuse_shared_addresses(boards: list[BoardEntry], loc: "_Locator") -> None:
+def _shared_addresses(errors: Collector, boards: list[BoardEntry | None]) -> None:
     """Two entries for one agent would run two jobs at once on one board and report it twice."""
     seen: dict[tuple[str, int], int] = {}
     for i, board in enumerate(boards):
-        if board.host is None:  # a labgrid place: its address is known only once acquired
+        if board is None or board.host is None:  # a labgrid place: its address is known only once acquired
             continue
         key = (board.host.strip().strip("[]").lower(), board.agent_port)
         if key in seen:
             first = boards[seen[key]]
-            raise loc.error(f"boards[{i}].host", f"{board.host}:{board.agent_port} is already board "
-                            f"'{first.name}' (boards[{seen[key]}]); give each board its own host and agent_port",
-                            "boards", i, "host")
-        seen[key] = i
-
-
-def _with_defaults(parse, index: int, table: dict, defaults: dict, keys: set[str], loc: "_Locator", base: Path):
-    """Parse one entry with [defaults] filled in; a bad inherited value is reported in [defaults]."""
-    inherited = {k: v for k, v in defaults.items() if k in keys and k not in table}
-    try:
-        return parse(index, {**inherited, **table}, loc, base)
-    except InventoryError as exc:
-        key = exc.where.rsplit(".", 1)[-1]
-        if key in inherited:
-            raise loc.error(f"defaults.{key}", exc.detail, "defaults", None, key) from None
-        raise
-
-
-def _array(data: dict, name: str, loc: _Locator) -> list[dict]:
-    items = data.get(name)
-    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
-        raise loc.error(name, f"needs at least one [[{name}]] table")
-    return items
-
-
-def _check(value: Any, kind: type | tuple, where: str, what: str, loc: _Locator, array: str | None, index: int | None,
-           key: str) -> Any:
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise loc.error(where, f"must be {what}", array, index, key)
-    if not isinstance(value, kind):
-        raise loc.error(where, f"must be {what}", array, index, key)
-    return value
-
-
-def _path(value: Any, base: Path) -> Path:
-    path = Path(os.path.expanduser(str(value)))
-    return path if path.is_absolute() else base / path
-
-
-def _labels(value: Any, where: str, loc: _Locator, array: str, index: int) -> dict[str, str]:
-    _check(value, dict, where, "a table of label = \"value\"", loc, array, index, "labels")
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def _board(index: int, table: dict, loc: _Locator, base: Path) -> BoardEntry:
-    def where(key: str) -> str:
-        return f"boards[{index}].{key}"
-
-    for key in table:
-        if key not in BOARD_KEYS:
-            raise loc.error(where(key), f"unknown key; known: {', '.join(sorted(BOARD_KEYS))}", "boards", index, key)
-    name = _check(table.get("name"), str, where("name"), "a name (string)", loc, "boards", index, "name")
-    entry = BoardEntry(name=name)
-    if ("host" in table) == ("place" in table):
-        raise loc.error(where("host"), "give exactly one of host (address) or place (labgrid place)", "boards", index,
-                        "host" if "host" in table else None)
-    for key in ("host", "place", "coordinator", "ssh_user", "token_env", "transport"):
-        if key in table:
-            setattr(entry, key, _check(table[key], str, where(key), "a string", loc, "boards", index, key))
-    for key in ("agent_port", "ssh_port"):
-        if key in table:
-            value = _check(table[key], int, where(key), "a port number 1..65535", loc, "boards", index, key)
-            if not 0 < value < 65536:
-                raise loc.error(where(key), "must be a port number 1..65535", "boards", index, key)
-            setattr(entry, key, value)
-    for key in ("ssh_key", "token_file", "tls_ca", "tls_cert", "tls_key", "known_hosts"):
-        if key in table:
-            setattr(entry, key, _path(_check(table[key], str, where(key), "a file path", loc, "boards", index, key), base))
-    if entry.token_file is not None and not entry.token_file.is_file():
-        raise loc.error(where("token_file"), f"{entry.token_file} does not exist", "boards", index, "token_file")
-    if entry.transport not in ("sftp", "grpc"):
-        raise loc.error(where("transport"), "must be sftp or grpc", "boards", index, "transport")
-    if bool(entry.tls_cert) != bool(entry.tls_key):
-        key = "tls_key" if entry.tls_cert else "tls_cert"
-        raise loc.error(where(key), "tls_cert and tls_key go together (the client certificate and its key)",
-                        "boards", index, key)
-    if "connect_timeout_s" in table:
-        entry.connect_timeout_s = float(_check(table["connect_timeout_s"], (int, float), where("connect_timeout_s"),
-                                               "seconds", loc, "boards", index, "connect_timeout_s"))
-    if "labels" in table:
-        entry.labels = _labels(table["labels"], where("labels"), loc, "boards", index)
-    return entry
-
-
-def _model(index: int, table: dict, loc: _Locator, base: Path) -> ModelEntry:
-    def where(key: str) -> str:
-        return f"models[{index}].{key}"
-
-    for key in table:
-        if key not in MODEL_KEYS:
-            raise loc.error(where(key), f"unknown key; known: {', '.join(sorted(MODEL_KEYS))}", "models", index, key)
-    name = _check(table.get("name"), str, where("name"), "a name (string)", loc, "models", index, "name")
-    if "bin" not in table:
-        raise loc.error(where("bin"), "missing: the compiled model.bin to run on the boards", "models", index)
-    entry = ModelEntry(name=name, bin=_path(_check(table["bin"], str, where("bin"), "a file path", loc, "models",
-                                                   index, "bin"), base))
-    for key in ("bin", "onnx"):
-        if key in table:
-            path = _path(_check(table[key], str, where(key), "a file path", loc, "models", index, key), base)
-            if not path.is_file():
-                raise loc.error(where(key), f"{path} does not exist", "models", index, key)
-            setattr(entry, key, path)
-    if "inputs" in table:
-        raw = table["inputs"]
-        items = [raw] if isinstance(raw, str) else raw
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise loc.error(where("inputs"), "must be a file, a folder, or a list of them", "models", index, "inputs")
-        entry.inputs = [str(_path(i, base)) for i in items]
-        for item in entry.inputs:
-            if not Path(item).exists():
-                raise loc.error(where("inputs"), f"{item} does not exist", "models", index, "inputs")
-    for key, kind, what in (("seed", int, "an integer"), ("digits", int, "an integer 0..12"),
-                            ("max_lsb", int, "an integer"), ("perf_frames", int, "an integer >= 0"),
-                            ("dump_all", bool, "true or false"), ("ort_opt", str, "all or disabled"),
-                            ("min_cosine", (int, float), "a number"), ("min_layer_cosine", (int, float), "a number"),
-                            ("timeout_s", (int, float), "seconds")):
-        if key in table:
-            setattr(entry, key, _check(table[key], kind, where(key), what, loc, "models", index, key))
-    if entry.ort_opt not in ("all", "disabled"):
-        raise loc.error(where("ort_opt"), "must be all or disabled", "models", index, "ort_opt")
-    if not 0 <= entry.digits <= 12:
-        raise loc.error(where("digits"), "must be an integer 0..12", "models", index, "digits")
-    if "labels" in table:
-        entry.labels = _labels(table["labels"], where("labels"), loc, "models", index)
-    return entry
-
-
-def _rule(index: int, table: Any, loc: _Locator) -> MatrixRule:
-    where = f"matrix[{index}]"
-    if not isinstance(table, dict) or set(table) - {"boards", "models"}:
-        raise loc.error(where, "a rule has boards = {label = value} and models = {label = value}", "matrix", index)
-    for key in ("boards", "models"):
-        if not isinstance(table.get(key, {}), dict):
-            raise loc.error(f"{where}.{key}", "must be a table of label = value", "matrix", index, key)
-    return MatrixRule(dict(table.get("boards", {})), dict(table.get("models", {})))
-
-
-def _settings(table: Any, loc: _Locator) -> Settings:
-    settings = Settings()
-    if not isinstance(table, dict):
-        raise loc.error("settings", "must be a table", "settings")
-    for key, value in table.items():
-        if key not in SETTINGS_KEYS:
-            raise loc.error(f"settings.{key}", f"unknown key; known: {', '.join(sorted(SETTINGS_KEYS))}",
-                            "settings", None, key)
-        _check(value, (int, float), f"settings.{key}", "a number", loc, "settings", None, key)
-        if value < 0 or (key == "jobs" and value < 1):
-            raise loc.error(f"settings.{key}", "must be positive", "settings", None, key)
-        setattr(settings, key, type(getattr(settings, key))(value))
-    return settings
+            errors.add(f"boards[{i}].host", f"{board.host}:{board.agent_port} is already board '{first.name}' "
+                       f"(boards[{seen[key]}]); give each board its own host and agent_port", "boards", i, "host")
+        else:
+            seen[key] = i

@@ -23,7 +23,10 @@ from urllib.parse import quote
 
 from qverify.client import reports
 from qverify.client.farm_model import CONSISTENT, INCONSISTENT, INFRA, FarmResult, JobResult, Regression
-from qverify.client.reports import _finite, _write_atomic, _x
+from qverify.client.dumpfiles import write_text_atomic
+from qverify.client.farm_trend import trend_section as _trend
+from qverify.client.reports import finite as _finite
+from qverify.client.reports import xml_text as _x
 from qverify.client.results import (InputInfo, PairResult, SideInfo, TensorResult, Tolerances,
                                     VerifyResult)
 
@@ -42,7 +45,7 @@ def render_farm_json(result: FarmResult) -> str:
 
 def write_farm_json(result: FarmResult, path: Path) -> None:
     """``result.to_dict()`` (schema ``qverify.farm/1``), indented; non-finite numbers as null."""
-    _write_atomic(path, lambda: render_farm_json(result))
+    write_text_atomic(path, lambda: render_farm_json(result))
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -166,7 +169,7 @@ def render_farm_junit(result: FarmResult) -> str:
 
 def write_farm_junit(result: FarmResult, path: Path) -> None:
     """JUnit XML: a testsuite per board, a testcase per model on it (see docs/report-schema.md)."""
-    _write_atomic(path, lambda: render_farm_junit(result))
+    write_text_atomic(path, lambda: render_farm_junit(result))
 
 
 # ---------------------------------------------------------------- a pair's report from its dict
@@ -232,7 +235,6 @@ td.empty{background:#fff}td.cell a{color:inherit;display:block}.small{font-size:
 tr.offline td{background:#fbefe2}svg.spark{width:180px;height:40px;vertical-align:middle}
 """
 _VERDICT = {0: "CONSISTENT", 1: "INCONSISTENT", 3: "INFRASTRUCTURE"}
-_DOT = {CONSISTENT: "#1f4e99", INCONSISTENT: "#c62828", INFRA: "#b35c00"}
 
 
 def _row(cells: Iterable[str], cls: str = "") -> str:
@@ -292,42 +294,6 @@ def _regressions_table(r: FarmResult) -> str:
         return "<h2>Regressions</h2><p>none</p>"
     rows = [_row(map(_E, (g.board, g.model, g.kind, g.message, g.previous_run))) for g in r.regressions]
     return "<h2>Regressions</h2>" + _table(["board", "model", "kind", "what", "last good run"], rows)
-
-
-def _sparkline(rows: list[dict[str, Any]], key: str, label: str, unit: str = "") -> str:
-    points = [(i, float(row[key]), row) for i, row in enumerate(rows)
-              if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
-    if not points:
-        return '<span class="small">no data</span>'
-    w, h, pad = 180, 40, 4
-    lo, hi = min(v for _, v, _ in points), max(v for _, v, _ in points)
-    span = (hi - lo) or 1.0
-
-    def xy(i: int, v: float) -> tuple[float, float]:
-        return pad + i * (w - 2 * pad) / max(len(rows) - 1, 1), h - pad - (v - lo) / span * (h - 2 * pad)
-
-    out = [f'<svg class="spark" viewBox="0 0 {w} {h}" role="img" aria-label="{_E(label)}">',
-           '<polyline fill="none" stroke="#8aa4c8" stroke-width="1.2" points="'
-           + " ".join("%.1f,%.1f" % xy(i, v) for i, v, _ in points) + '"/>']
-    for i, v, row in points:
-        x, y = xy(i, v)
-        tip = f"{row.get('started', '')}: {label} {v:.6g}{unit} ({row.get('outcome', '')})"
-        out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_DOT.get(row.get("outcome"), "#888")}">'
-                   f"<title>{_E(tip)}</title></circle>")
-    return "".join(out) + f'</svg> <span class="small">{points[-1][1]:.4g}{_E(unit)}</span>'
-
-
-def _trend(trend: list[dict[str, Any]] | None) -> str:
-    if not trend:
-        return ""
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in sorted(trend, key=lambda row: str(row.get("started", ""))):
-        series.setdefault((str(row.get("board", "")), str(row.get("model", ""))), []).append(row)
-    rows = [_row([_E(b), _E(m), str(len(rs)), _sparkline(rs, "latency_median_ms", "latency median", " ms"),
-                  _sparkline(rs, "min_exact_fraction", "min exact fraction")]) for (b, m), rs in series.items()]
-    return ('<h2>Trend</h2><p class="small">oldest left, newest right; red: inconsistent run, orange: '
-            "infrastructure failure</p>" + _table(["board", "model", "runs", "latency median", "min exact fraction"],
-                                                   rows))
 
 
 def render_farm_html(result: FarmResult, trend: list[dict[str, Any]] | None = None,

@@ -74,8 +74,8 @@ def _plot(pair: PairResult) -> str:
             out.append(f'<line x1="{_L}" x2="{_W - _R}" y1="{_y(v, top):.1f}" y2="{_y(v, top):.1f}" stroke="#e3e3e3"/>'
                        f'<text x="{_L - 6}" y="{_y(v, top) + 4:.1f}" font-size="11" text-anchor="end">{v}</text>')
     step = max(1, math.ceil(n / 12))
-    for i in range(0, n, step):
-        out.append(f'<text x="{xs[i]:.1f}" y="{_H - 10}" font-size="11" text-anchor="middle">{i}</text>')
+    for i in range(0, n, step):  # the tensors' numbers (#), as in the pair's tensor table
+        out.append(f'<text x="{xs[i]:.1f}" y="{_H - 10}" font-size="11" text-anchor="middle">{data[i][0].index}</text>')
     entire = [(x, t.max_lsb) for x, (_, t) in zip(xs, data) if t is not None]
     if entire:
         points = " ".join(f"{x:.1f},{_y(v, top):.1f}" for x, v in entire)
@@ -84,19 +84,24 @@ def _plot(pair: PairResult) -> str:
     out.append(f'<polyline points="{points}" fill="none" stroke="{_ISOLATED}" stroke-width="1.5"/>')
     for i, (layer, t) in enumerate(data):
         colour, radius = ("#c62828", 4) if not layer.passed else (_ISOLATED, 2.5)
-        tip = f"#{i} {layer.node} ({layer.op}) -> {layer.tensor}\nentire: {_entire_text(t)}\n" \
+        tip = f"#{layer.index} {layer.node} ({layer.op}) -> {layer.tensor}\nentire: {_entire_text(t)}\n" \
               f"isolated: {_isolated_text(layer)}\n{layer.reason}"
         out.append(f'<circle cx="{xs[i]:.1f}" cy="{_y(layer.max_lsb, top):.1f}" r="{radius}" fill="{colour}">'
                    f"<title>{_E(tip)}</title></circle>")
     out.append("</svg>")
     legend = (f'<p class="legend"><span style="color:{_ENTIRE}">— entire (accumulated, -r)</span>'
               f'<span style="color:{_ISOLATED}">— isolated (fed the reference\'s inputs)</span>'
-              '<span style="color:#c62828">● wrong in isolation</span> (y: max LSB, log scale; x: layer)</p>')
+              '<span style="color:#c62828">● wrong in isolation</span> (y: max LSB, log scale; x: tensor #)</p>')
     return "".join(out) + legend
 
 
-def html_section(pair: PairResult) -> str:
-    """The isolation part of a pair's section: decision, drift note, plot, and the per-layer table."""
+def html_section(pair: PairResult, anchor: str = "") -> str:
+    """The isolation part of a pair's section: decision, drift note, plot, and the per-layer table.
+
+    Rows are numbered like the pair's tensor table (the tensor's position in execution order);
+    with ``anchor`` (the pair section's id) a number links to that tensor's row there."""
+    from qverify.client.reports import name_html
+
     if not pair.isolation:
         return ""
     parts = [f"<h3>Layers in isolation</h3><p>decided by: <strong>{_E(pair.decided_by)}</strong>. Each board "
@@ -107,9 +112,12 @@ def html_section(pair: PairResult) -> str:
     parts.append(_plot(pair))
     head = ["#", "layer", "op", "bound family", "group", "entire (accumulated)", "isolated", "bound", "verdict"]
     body = []
-    for i, (layer, entire) in enumerate(rows(pair)):
+    for layer, entire in rows(pair):
         cls = "" if layer.passed else ' class="fail"'
-        cells = [str(i), f'<span class="name">{_E(layer.node)} → {_E(layer.tensor)}</span>', _E(layer.op),
+        number = str(layer.index)
+        if anchor and entire is not None:
+            number = f'<a href="#{_E(anchor)}-t{layer.index}">{number}</a>'
+        cells = [number, f"{name_html(layer.node)} → {name_html(layer.tensor)}", _E(layer.op),
                  _E(layer.kind), _E(layer.group or "alone"), _E(_entire_text(entire)), _E(_isolated_text(layer)),
                  _E(layer.bound), _E(("yes" if layer.passed else "WRONG") + ": " + layer.reason)]
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -10,41 +10,26 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from qverify.client.dumpfiles import write_text_atomic
 from qverify.client.results import (
     ERROR, FAILED, MISMATCHED, NONDETERMINISTIC, PLAIN_VS_DUMP, RETURNED_VS_DUMPED, BoardFinding, PairResult,
-    SideInfo, TensorResult, VerifyResult,
+    SideInfo, TensorResult, Tolerances, VerifyResult,
 )
 
-__all__ = ["write_json", "write_junit", "write_html", "render_json", "render_junit", "render_html"]
+__all__ = ["write_json", "write_junit", "write_html", "render_json", "render_junit", "render_html", "finite", "xml_text",
+           "name_html", "yes_no"]
 
 
 # ---------------------------------------------------------------- atomic writing
 
 def _write_atomic(path: Path, render: Callable[[], str]) -> None:
-    """Write ``render()`` to ``path`` as UTF-8 via a temporary file in the same directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(render())
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; a report is an ordinary readable file.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``render()`` to ``path`` via a temporary file in the same directory."""
+    write_text_atomic(path, render)
 
 
 # ---------------------------------------------------------------- figures as text
@@ -79,7 +64,14 @@ def _where(t: TensorResult) -> str:
     return ", ".join(parts)
 
 
+def yes_no(value: bool) -> str:
+    """How a report prints a flag: for people, not Python's True/False."""
+    return "yes" if value else "no"
+
+
 def _detail(value: Any) -> str:
+    if isinstance(value, bool):
+        return yes_no(value)
     if isinstance(value, float):
         return _num(value)
     if isinstance(value, dict):
@@ -105,15 +97,18 @@ def _first_index(p: PairResult) -> int | None:
 
 # ---------------------------------------------------------------- JSON
 
-def _finite(obj: Any) -> Any:
+def finite(obj: Any) -> Any:
     """JSON has no NaN/Infinity: a non-finite number is written as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
+
+
+_finite = finite
 
 
 def render_json(result: VerifyResult) -> str:
@@ -130,9 +125,12 @@ def write_json(result: VerifyResult, path: Path) -> None:
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def _x(text: Any) -> str:
+def xml_text(text: Any) -> str:
     """Text XML 1.0 can hold (ElementTree escapes <&>\"' itself but not control characters)."""
     return _XML_ILLEGAL.sub("\ufffd", str(text))
+
+
+_x = xml_text
 
 
 def _side_properties(result: VerifyResult) -> Iterable[tuple[str, str]]:
@@ -254,7 +252,8 @@ h1,h2,h3{margin:.8em 0 .3em}h1 .badge,h2 .badge{font-size:.7em;vertical-align:mi
 .PASSED{background:#1a7f37}.FAILED,.ERROR{background:#c62828}.MISMATCHED{background:#b35c00}
 table{border-collapse:collapse;margin:.4em 0 1em}th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
-.name{overflow-wrap:anywhere;max-width:28em}.mono{font-family:ui-monospace,monospace}
+.name{overflow-wrap:break-word}.mono{font-family:ui-monospace,monospace}
+.tname{display:inline-block;min-width:16em;max-width:32em;overflow-wrap:break-word;word-break:normal}
 .scroll{max-height:36em;overflow:auto;border:1px solid #ccc}.scroll table{margin:0}
 .scroll thead th{position:sticky;top:0}
 tr.fail td{background:#fde4e4}tr.first td{background:#f9b9b9;font-weight:600}
@@ -267,6 +266,13 @@ tr.fail td{background:#fde4e4}tr.first td{background:#f9b9b9;font-weight:600}
 _W, _H, _L, _R, _T, _B = 1000, 260, 48, 12, 14, 30  # plot size and margins (viewBox units)
 _SERIES = (("±1 LSB", "#8ab4f8"), ("cosine", "#f4b400"))
 _E = html.escape
+_SEPARATOR = re.compile(r"(?<=[/._:-])(?=.)")
+
+
+def name_html(name: str) -> str:
+    """A tensor or node name, escaped, that wraps only after its separators (``/ . _ - :``):
+    ONNX names have no spaces, and a break in the middle of a word makes them unreadable."""
+    return '<span class="tname">' + "<wbr>".join(_E(part) for part in _SEPARATOR.split(name)) + "</span>"
 
 
 def _row(cells: Iterable[str], tag: str = "td", cls: str = "") -> str:
@@ -322,7 +328,7 @@ def _header(r: VerifyResult) -> str:
 
 def _finding_row(f: BoardFinding) -> str:
     return _row([_E(f.kind), str(f.frame), str(f.repeat) if f.kind == NONDETERMINISTIC else "—",
-                 f'<span class="name">{_E(f.tensor)}</span>', f"{f.elements} of {f.total}",
+                 name_html(f.tensor), f"{f.elements} of {f.total}",
                  "—" if f.max_lsb is None else str(f.max_lsb), _num(f.max_abs_diff), _E(f.message)], cls="fail")
 
 
@@ -351,8 +357,10 @@ def _y(value: float) -> float:
     return _T + (1.0 - value) * (_H - _T - _B)
 
 
-def _plot(p: PairResult, anchor: str) -> str:
-    """Agreement along the network: one marker per tensor (exact fraction), lines for ±1 LSB and cosine."""
+def _plot(p: PairResult, anchor: str, tol: Tolerances) -> str:
+    """Agreement along the network: one marker per tensor (exact fraction), lines for ±1 LSB and cosine,
+    and for a tolerance pair the lowest layer cosine accepted. x labels are the tensors' numbers (#),
+    the same numbers as the table's rows."""
     tensors = p.tensors
     n = len(tensors)
     xs = [_L + (i + 0.5) * (_W - _L - _R) / max(n, 1) for i in range(n)]
@@ -362,7 +370,13 @@ def _plot(p: PairResult, anchor: str) -> str:
                    f'<text x="{_L - 6}" y="{_y(v) + 4:.1f}" font-size="11" text-anchor="end">{v:.2f}</text>')
     step = max(1, math.ceil(n / 12))
     for i in range(0, n, step):
-        out.append(f'<text x="{xs[i]:.1f}" y="{_H - 10}" font-size="11" text-anchor="middle">{i}</text>')
+        out.append(f'<text x="{xs[i]:.1f}" y="{_H - 10}" font-size="11" text-anchor="middle">{tensors[i].index}</text>')
+    threshold = p.criterion == "tolerance" and math.isfinite(tol.min_layer_cosine)
+    if threshold:
+        y = _y(tol.min_layer_cosine)
+        out.append(f'<line class="threshold" x1="{_L}" x2="{_W - _R}" y1="{y:.1f}" y2="{y:.1f}" stroke="{_SERIES[1][1]}" '
+                   f'stroke-width="1.2" stroke-dasharray="6 4"/><text x="{_L + 4}" y="{y + 13:.1f}" font-size="11" '
+                   f'fill="#8a6500">min layer cosine {_num(tol.min_layer_cosine)}</text>')
     for i, t in enumerate(tensors):
         if not t.passed:
             out.append(f'<rect x="{xs[i] - 2:.1f}" y="{_T}" width="4" height="{_H - _T - _B}" fill="#fbd3d3"/>')
@@ -377,24 +391,26 @@ def _plot(p: PairResult, anchor: str) -> str:
         out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
     for i, t in enumerate(tensors):
         colour, radius = ("#c62828", 4) if not t.passed else ("#1f4e99", 2.5)
-        tip = f"#{i} {t.name}\n{_where(t)}\n{_figures(t, p.digits)}\n{'PASS' if t.passed else 'FAIL'}: {t.reason}"
-        out.append(f'<a href="#{anchor}-t{i}"><circle class="pt" cx="{xs[i]:.1f}" cy="{_y(t.exact_fraction):.1f}" '
+        tip = f"#{t.index} {t.name}\n{_where(t)}\n{_figures(t, p.digits)}\n{'PASS' if t.passed else 'FAIL'}: {t.reason}"
+        out.append(f'<a href="#{anchor}-t{t.index}"><circle class="pt" cx="{xs[i]:.1f}" cy="{_y(t.exact_fraction):.1f}" '
                    f'r="{radius}" fill="{colour}"><title>{_E(tip)}</title></circle></a>')
     out.append("</svg>")
     legend = ('<p class="legend"><span style="color:#1f4e99">● exact fraction</span>'
               + "".join(f'<span style="color:{c}">— {label}</span>' for label, c in _SERIES)
-              + '<span style="color:#c62828">● failing tensor</span> (x: tensor in execution order)</p>')
+              + (f'<span style="color:#8a6500">- - min layer cosine {_num(tol.min_layer_cosine)}</span>'
+                 if threshold else "")
+              + '<span style="color:#c62828">● failing tensor</span> (x: tensor #, in execution order)</p>')
     return "".join(out) + legend
 
 
 def _tensor_rows(p: PairResult, anchor: str) -> list[str]:
     rows = []
-    for i, t in enumerate(p.tensors):
+    for t in p.tensors:
         first = _is_first(p, t)
         cls = "fail first" if first else "" if t.passed else "fail"
         verdict = ("PASS" if t.passed else "FAIL") + (" (first divergent)" if first else "")
         rows.append(_row([
-            f'<span id="{anchor}-t{i}">{i}</span>', f'<span class="name">{_E(t.name)}</span>',
+            f'<span id="{anchor}-t{t.index}">{t.index}</span>', name_html(t.name),
             _E(t.op or t.kind), _E(t.placement), _E("x".join(map(str, t.shape)) or "scalar"),
             _num(t.max_abs_diff), _pct(t.within_digits, t.elements), str(t.exact), str(t.off_by_one),
             str(t.beyond_one), str(t.max_lsb), _num(t.cosine, ".6f"),
@@ -402,33 +418,32 @@ def _tensor_rows(p: PairResult, anchor: str) -> list[str]:
     return rows
 
 
-def _pair_section(p: PairResult, k: int) -> str:
+def _pair_section(p: PairResult, k: int, tol: Tolerances) -> str:
     anchor = f"p{k}"
     parts = [f'<section class="pair" id="{anchor}"><h2>{_E(_pair_name(p))} <span class="badge {_E(p.status)}">'
              f"{_E(p.status)}</span></h2>", f'<p class="verdict">{_E(p.verdict_line())}</p>',
              f"<p>criterion: {_E(p.criterion)}</p>"]
     fd = p.first_divergent
     if fd is not None and not p.passed:
-        i = _first_index(p)
-        link = f' <a href="#{anchor}-t{i}">(row {i})</a>' if i is not None else ""
+        link = f' <a href="#{anchor}-t{fd.index}">(row {fd.index})</a>' if _first_index(p) is not None else ""
         what = "First wrong layer in isolation" if p.decided_by == "isolation" else "First divergent layer"
         parts.append(f'<div class="divergent"><strong>{what}:</strong> {_E(fd.producer or fd.name)} '
-                     f'({_E(fd.op or "input")}) → <span class="name">{_E(fd.name)}</span>{link}<br>'
+                     f'({_E(fd.op or "input")}) → {name_html(fd.name)}{link}<br>'
                      f"{_E(_where(fd))}<br>{_E(_figures(fd, p.digits))}<br>{_E(fd.reason)}</div>")
     if p.tensors:
         head = ["#", "tensor", "op", "placement", "shape", "max |diff|", f"within {p.digits} digits",
                 "exact", "±1 LSB", ">1 LSB", "max LSB", "cosine", "verdict"]
-        parts += [_plot(p, anchor), f'<div class="scroll">{_table(head, _tensor_rows(p, anchor))}</div>']
+        parts += [_plot(p, anchor, tol), f'<div class="scroll">{_table(head, _tensor_rows(p, anchor))}</div>']
     from qverify.client import isolation_views
 
-    parts.append(isolation_views.html_section(p))
+    parts.append(isolation_views.html_section(p, anchor))
     parts.append("</section>")
     return "\n".join(parts)
 
 
 def render_html(result: VerifyResult) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
-    body = "\n".join([_header(result), *(_pair_section(p, k) for k, p in enumerate(result.pairs + result.plain_pairs))])
+    body = "\n".join([_header(result), *(_pair_section(p, k, result.tolerances) for k, p in enumerate(result.pairs + result.plain_pairs))])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>qverify report: {verdict}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

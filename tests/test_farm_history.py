@@ -304,12 +304,13 @@ def test_render_report(history):
     assert "no jobs recorded" in empty.export_text()
 
 
-def test_default_db_path_honours_xdg_data_home(monkeypatch, tmp_path):
+def test_default_db_path_is_the_users_data_dir(monkeypatch, tmp_path):
+    import platformdirs
+
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert default_db_path() == tmp_path / "qverify" / "history.sqlite3"
-    monkeypatch.delenv("XDG_DATA_HOME")
-    monkeypatch.setattr(farm_history.sys, "platform", "linux")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_db_path() == tmp_path / "home" / ".local" / "share" / "qverify" / "history.sqlite3"
-    monkeypatch.setattr(farm_history.sys, "platform", "darwin")
-    assert default_db_path() == tmp_path / "home" / "Library" / "Application Support" / "qverify" / "history.sqlite3"
+    assert default_db_path() == platformdirs.user_data_path("qverify", appauthor=False) / "history.sqlite3"
+    if sys.platform.startswith("linux"):
+        assert default_db_path() == tmp_path / "qverify" / "history.sqlite3"
+        monkeypatch.delenv("XDG_DATA_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        assert default_db_path() == tmp_path / "home" / ".local" / "share" / "qverify" / "history.sqlite3"

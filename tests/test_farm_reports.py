@@ -220,6 +220,22 @@ def test_html_trend_sparklines_mark_failing_runs(farm, tmp_path):
     assert "<polyline" in text and escape(NASTY_MODEL) in text
 
 
+def test_html_trend_marks_an_offline_night_instead_of_bridging_it(farm):
+    rows = trend_rows()
+    rows[2].update(outcome=INFRA, skipped=True, min_exact_fraction=None, latency_median_ms=None, min_cosine=None)
+    text = farm_reports.render_farm_html(farm, trend=rows)
+    latency = text.split('<svg class="spark"')[1].split("</svg>")[0]
+    lines = [line.split('points="')[1].split('"')[0].split() for line in latency.split("<polyline")[1:]]
+    assert [len(points) for points in lines] == [2, 1] or [len(points) for points in lines] == [2]
+    assert latency.count('class="gap"') == 1 and "2025-01-03T03:00:00Z: no latency median (board offline)" in latency
+    gap_x = float(latency.split('class="gap" x1="')[1].split('"')[0])
+    drawn = [float(point.split(",")[0]) for line in lines for point in line]
+    assert all(abs(x - gap_x) > 1 for x in drawn)  # no point at the offline night...
+    assert not any(a < gap_x < b for line in lines for a, b in zip(
+        [float(p.split(",")[0]) for p in line], [float(p.split(",")[0]) for p in line][1:]))  # ...nor a line across it
+    assert "1 run without a value" in text
+
+
 def test_html_escapes_names_and_references_nothing_outside(farm, tmp_path):
     farm_reports.write_farm_html(farm, tmp_path / "farm.html", trend=trend_rows())
     pages = [tmp_path / "farm.html", *sorted((tmp_path / "farm.pairs").iterdir())]

@@ -180,7 +180,7 @@ def test_junit_failed_pair_without_a_failing_tensor_still_fails(tmp_path: Path, 
 
 class Page(HTMLParser):
     """Checks nesting and collects what the tests look at."""
-    VOID = {"meta", "br", "hr", "img", "input", "link"}
+    VOID = {"meta", "br", "wbr", "hr", "img", "input", "link"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -335,3 +335,51 @@ def test_written_report_is_world_readable(tmp_path: Path, passing: VerifyResult)
     path = tmp_path / "report.html"
     reports.write_html(passing, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_html_tensor_names_wrap_only_after_separators_in_a_wide_column(tmp_path: Path, failing: VerifyResult) -> None:
+    path = tmp_path / "report.html"
+    reports.write_html(failing, path)
+    p, raw = page(path)
+    assert "overflow-wrap:anywhere" not in raw  # that let the column shrink to a few letters
+    assert ".tname{display:inline-block;min-width:16em" in raw
+    name = "/model/layer1/Relu_output_0"
+    assert "/<wbr>model/<wbr>layer1/<wbr>Relu_<wbr>output_<wbr>0" in raw
+    assert name in " ".join(p.text)  # the break hints are not characters: copying the name gives the name
+
+
+def test_html_rows_plot_and_links_share_one_numbering(tmp_path: Path, failing: VerifyResult) -> None:
+    path = tmp_path / "report.html"
+    reports.write_html(failing, path)
+    p, raw = page(path)
+    exact = failing.pairs[0]
+    table_rows = [cells for _, cells in p.rows if len(cells) == 13][:len(exact.tensors)]
+    assert [int(cells[0]) for cells in table_rows] == [t.index for t in exact.tensors]  # 1..13, not 0..12
+    assert 'href="#p0-t7">(row 7)</a>' in raw and 'id="p0-t7"' in raw  # the first divergent tensor is #7
+    titles = [c for c in p.svgs[0]]
+    assert len(titles) == 13
+    assert f"#7 {NASTY}" in " ".join(p.text)  # the marker's tooltip uses the row's number
+
+
+def test_html_plot_draws_the_layer_cosine_threshold_of_tolerance_pairs(tmp_path: Path, failing: VerifyResult) -> None:
+    failing.tolerances.min_layer_cosine = 0.9
+    html_text = reports.render_html(failing)
+    sections = html_text.split('<section class="pair"')[1:]
+    exact, drift = sections  # simulator vs board is bit-exact: no cosine threshold applies
+    assert 'class="threshold"' not in exact
+    assert 'class="threshold"' in drift and "min layer cosine 0.9" in drift
+    y = float(drift.split('class="threshold"')[1].split('y1="')[1].split('"')[0])
+    assert y == pytest.approx(reports._y(0.9))
+
+
+def test_html_prints_flags_as_yes_and_no(tmp_path: Path, passing: VerifyResult) -> None:
+    passing.sides[1].detail.update({"dumps": True, "tls": False})
+    text = " ".join(page_of(tmp_path, passing).text)
+    assert "dumps: yes" in text and "tls: no" in text
+    assert "True" not in text and "False" not in text
+
+
+def page_of(tmp_path: Path, result: VerifyResult) -> Page:
+    path = tmp_path / "report.html"
+    reports.write_html(result, path)
+    return page(path)[0]
