@@ -1,5 +1,6 @@
 """``qverify-agent``: the board daemon's command line (argparse: boards have no typer).
 
+    qverify-agent --version
     qverify-agent serve [--listen 127.0.0.1:7060] [--model-dir DIR] [--backend sim|openvino] [--device CPU]
                         [--target sim-a16] [--token-file F] [--tls-cert C --tls-key K]
                         [--tls-client-ca CA] [--insecure] [--max-queue N] [--fault KIND:TARGET]
@@ -17,6 +18,7 @@ import stat
 import sys
 from pathlib import Path
 
+from qverify._version import __version__
 from qverify.agent import DEFAULT_PORT
 
 
@@ -31,42 +33,81 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size (e.g. 512M, 4G)") from None
 
 
+# (option, environment variable) pairs: --help lists them, so a unit file's Environment= is discoverable.
+ENVIRONMENT = (
+    ("--listen", "QVERIFY_AGENT_LISTEN"), ("--model-dir", "QVERIFY_AGENT_MODEL_DIR"),
+    ("--backend", "QVERIFY_AGENT_BACKEND"), ("--device", "QVERIFY_AGENT_DEVICE"),
+    ("--target", "QVERIFY_AGENT_TARGET"), ("--board-id", "QVERIFY_AGENT_BOARD_ID"),
+    ("--token-file", "QVERIFY_AGENT_TOKEN_FILE"), ("--store-capacity", "QVERIFY_AGENT_STORE_CAPACITY"),
+    ("--log-level", "QVERIFY_AGENT_LOG_LEVEL"),
+)
+
+
+def _version_text() -> str:
+    from qverify.agent import PROTOCOL_VERSION
+
+    return f"qverify-agent {__version__} (protocol {PROTOCOL_VERSION})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``qverify-agent`` parser; every option's help names its default and, where one
+    exists, its environment variable (which replaces the built-in default)."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="qverify-agent", description="qverify board agent (gRPC daemon)")
+    variables = dict(ENVIRONMENT)
+
+    def shown(option: str, default: str | None) -> str:
+        parts = [f"default: {default}"] if default is not None else []
+        if option in variables:
+            parts.append(f"env {variables[option]}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def add(parser: argparse.ArgumentParser, option: str, help: str = "", default_text: str | None = None,
+            **kwargs) -> None:
+        parser.add_argument(option, help=(help + shown(option, default_text)).strip(), **kwargs)
+
+    epilog = "environment variables (an option given on the command line wins):\n" + "\n".join(
+        f"  {name:<30} {option}" for option, name in ENVIRONMENT)
+    parser = argparse.ArgumentParser(prog="qverify-agent", description="qverify board agent (gRPC daemon)",
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version_text())
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the agent until SIGTERM")
-    s.add_argument("--listen", default=env("QVERIFY_AGENT_LISTEN", f"127.0.0.1:{DEFAULT_PORT}"),
-                   help="HOST:PORT to listen on (default loopback; a network address needs a token or TLS)")
-    s.add_argument("--model-dir", type=Path, default=Path(env("QVERIFY_AGENT_MODEL_DIR", "/var/lib/qverify/models")),
-                   help="model store folder (content-addressed <sha256>.bin files)")
-    s.add_argument("--backend", default=env("QVERIFY_AGENT_BACKEND", "sim"), help="sim (emulated board) or a vendor backend")
-    s.add_argument("--device", default=env("QVERIFY_AGENT_DEVICE") or None,
-                   help="device of a runtime backend (openvino: CPU, GPU, ...; default CPU)")
-    s.add_argument("--target", default=env("QVERIFY_AGENT_TARGET", "sim-a16"), help="target profile of this board")
-    s.add_argument("--npu-cores", type=int, default=1, help="NPU cores (one run at a time per core)")
-    s.add_argument("--board-id", default=env("QVERIFY_AGENT_BOARD_ID", socket.gethostname()))
-    s.add_argument("--token-file", type=Path, default=env("QVERIFY_AGENT_TOKEN_FILE") or None,
-                   help="file holding the token clients must send (authorization: Bearer <token>)")
-    s.add_argument("--tls-cert", type=Path)
-    s.add_argument("--tls-key", type=Path)
-    s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
-    s.add_argument("--insecure", action="store_true", help="allow a network listen address without token or TLS")
-    s.add_argument("--max-queue", type=int, default=8, help="runs that may wait per board before RESOURCE_EXHAUSTED")
-    s.add_argument("--max-model-size", type=_size, default=_size("512M"), help="largest model.bin accepted")
-    s.add_argument("--max-input-size", type=_size, default=_size("64M"),
-                   help="largest inputs of one run, sent or declared by a model (Perf's random inputs)")
-    s.add_argument("--max-tensor-size", type=_size, default=_size("256M"),
-                   help="largest tensor a model may declare; checked at load, before anything is allocated")
-    s.add_argument("--max-message-size", type=_size, default=_size("64M"))
-    s.add_argument("--store-capacity", type=_size, default=_size(env("QVERIFY_AGENT_STORE_CAPACITY", "4G")))
-    s.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
-    s.add_argument("--grace", type=float, default=30.0, help="seconds running calls get to finish on SIGTERM")
-    s.add_argument("--fault", action="append", default=[], metavar="KIND:TARGET",
-                   help="TEST TOOLING for the emulated board: bitflip:LAYER, lsb:LAYER, padding:LAYER|all, "
-                        "delay:MS, crash:LAYER, stale:outputs, dumponly:LAYER, nondeterministic:LAYER")
-    s.add_argument("--log-level", default=env("QVERIFY_AGENT_LOG_LEVEL", "INFO"))
-    sub.add_parser("version", help="print the agent and protocol versions")
+    s = sub.add_parser("serve", help="run the agent until SIGTERM", epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    listen = f"127.0.0.1:{DEFAULT_PORT}"
+    add(s, "--listen", "HOST:PORT to listen on; a network address needs a token or TLS", listen,
+        default=env("QVERIFY_AGENT_LISTEN", listen))
+    add(s, "--model-dir", "model store folder (content-addressed <sha256>.bin files)", "/var/lib/qverify/models",
+        type=Path, default=Path(env("QVERIFY_AGENT_MODEL_DIR", "/var/lib/qverify/models")))
+    add(s, "--backend", "sim (emulated board), openvino, or a vendor backend registered under the entry-point "
+        "group qverify.backends", "sim", default=env("QVERIFY_AGENT_BACKEND", "sim"))
+    add(s, "--device", "device of a runtime backend (openvino: CPU, GPU, ...)", "CPU",
+        default=env("QVERIFY_AGENT_DEVICE") or None)
+    add(s, "--target", "target profile of this board", "sim-a16", default=env("QVERIFY_AGENT_TARGET", "sim-a16"))
+    add(s, "--npu-cores", "NPU cores (one run at a time per core)", "1", type=int, default=1)
+    add(s, "--board-id", "name the board reports", "the host name",
+        default=env("QVERIFY_AGENT_BOARD_ID", socket.gethostname()))
+    add(s, "--token-file", "file holding the token clients must send (authorization: Bearer <token>)", "none",
+        type=Path, default=env("QVERIFY_AGENT_TOKEN_FILE") or None)
+    add(s, "--tls-cert", "server certificate (PEM); serve TLS", "none", type=Path)
+    add(s, "--tls-key", "private key of --tls-cert", "none", type=Path)
+    add(s, "--tls-client-ca", "require client certificates signed by this CA (mTLS)", "none", type=Path)
+    add(s, "--insecure", "allow a network listen address without token or TLS", None, action="store_true")
+    add(s, "--max-queue", "runs that may wait per board before RESOURCE_EXHAUSTED", "8", type=int, default=8)
+    add(s, "--max-model-size", "largest model.bin accepted", "512M", type=_size, default=_size("512M"))
+    add(s, "--max-input-size", "largest inputs of one run, sent or declared by a model (Perf's random inputs)",
+        "64M", type=_size, default=_size("64M"))
+    add(s, "--max-tensor-size", "largest tensor a model may declare; checked at load, before anything is "
+        "allocated", "256M", type=_size, default=_size("256M"))
+    add(s, "--max-message-size", "largest gRPC message", "64M", type=_size, default=_size("64M"))
+    add(s, "--store-capacity", "model store size; least recently used models are evicted", "4G", type=_size,
+        default=_size(env("QVERIFY_AGENT_STORE_CAPACITY", "4G")))
+    add(s, "--workers", "gRPC worker threads", "16", type=int, default=16)
+    add(s, "--grace", "seconds running calls get to finish on SIGTERM", "30", type=float, default=30.0)
+    add(s, "--fault", "TEST TOOLING for the emulated board: bitflip:LAYER, lsb:LAYER, padding:LAYER|all, "
+        "delay:MS, crash:LAYER, stale:outputs, dumponly:LAYER, nondeterministic:LAYER; repeatable", "none",
+        action="append", default=[], metavar="KIND:TARGET")
+    add(s, "--log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", default=env("QVERIFY_AGENT_LOG_LEVEL", "INFO"))
+    sub.add_parser("version", help="print the agent and protocol versions (same as --version)")
     return parser
 
 
@@ -92,10 +133,7 @@ def _read_token(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
-        import qverify
-        from qverify.agent import PROTOCOL_VERSION
-
-        print(f"qverify-agent {qverify.__version__} (protocol {PROTOCOL_VERSION})")
+        print(_version_text())
         return 0
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -20,7 +20,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 
-import qverify
+from qverify._version import __version__
 from qverify.agent import PROTOCOL_VERSION, store as store_mod
 from qverify.agent.backends import Backend, BackendError, ModelInvalid, ModelMismatch
 from qverify.agent.backends.base import ModelInvalidInput, RunCancelled, TensorDump
@@ -112,7 +112,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
         except (ValueError, OSError, AttributeError):
             pass
         return pb.AgentInfo(
-            agent_version=qverify.__version__, protocol_version=PROTOCOL_VERSION, board_id=self.config.board_id,
+            agent_version=__version__, protocol_version=PROTOCOL_VERSION, board_id=self.config.board_id,
             hostname=socket.gethostname(), backend=info.name, runtime_version=info.runtime_version,
             driver_version=info.driver_version, firmware_version=info.firmware_version, target=self.target,
             cpu_count=os.cpu_count() or 1, memory_bytes=memory, model_store_path=str(self.store.root),

@@ -370,9 +370,10 @@ class BoardClient:
     def run(self, sha256: str, inputs: dict[str, np.ndarray], dump: str | list[str] | None = None,
             layout: str = "valid", dequantized: bool = False, frames: int = 1, warmup: int = 0,
             chunk_bytes: int = 0, isolate: bool = False, feeds: dict[str, np.ndarray] | None = None,
-            groups: list[tuple[str, str]] | None = None) -> RunOutcome:
+            groups: list[tuple[str, str]] | None = None, core: int | None = None) -> RunOutcome:
         """Run once (``frames`` measured); with ``isolate`` (protocol 1.1, capability "isolate") the node
-        ``groups`` run alone, reading ``feeds`` (program tensors, logical layout) for what they do not compute."""
+        ``groups`` run alone, reading ``feeds`` (program tensors, logical layout) for what they do not compute.
+        ``core``: the NPU core to run on (None: any free core)."""
         mode = {None: pb.DUMP_NONE, "outputs": pb.DUMP_OUTPUTS, "all": pb.DUMP_ALL}.get(
             dump if isinstance(dump, (str, type(None))) else "named", pb.DUMP_NAMED)
         request = pb.RunRequest(
@@ -382,6 +383,8 @@ class BoardClient:
             dump_values=pb.VALUES_DEQUANTIZED if dequantized else pb.VALUES_RAW, frames=frames, warmup=warmup,
             chunk_bytes=chunk_bytes, isolate=isolate, feeds=[to_wire(n, a) for n, a in (feeds or {}).items()],
             groups=[pb.NodeGroup(first=a, last=b) for a, b in (groups or [])])
+        if core is not None:
+            request.core = core
         reader = RunStreamReader(f"board {self.address}")
         call = None
         try:

@@ -8,6 +8,9 @@ stopped when the ``with`` block ends.
 :func:`ensure_model` puts model.bin into the board's store, content-addressed: SFTP
 (default; the file lands in the store directory the agent reports) or the agent's
 PushModel (``--transport grpc``); a model the board already has is not sent again.
+
+A host that is a ``~/.ssh/config`` alias (``Host board1`` with ``HostName``) is reached at
+that HostName by both: the SFTP push and the agent's gRPC connection.
 """
 from __future__ import annotations
 
@@ -141,7 +144,10 @@ def open_board(options: BoardOptions, target: str | None = None) -> Iterator[Boa
         if options.embedded:
             address = stack.enter_context(embedded_board(target, options.faults))
         else:
-            address = _address(options.host, options.port)
+            from qverify.client.ssh import agent_host
+
+            # An ~/.ssh/config alias (-b board1) names its HostName for the agent too, as for the push.
+            address = _address(agent_host(options.host, options.ssh), options.port)
         client = stack.enter_context(BoardClient(address, token=options.token, tls_ca=options.tls_ca,
                                                  client_cert=client_cert(options.tls_cert, options.tls_key),
                                                  timeout=options.timeout, connect_timeout=options.connect_timeout))

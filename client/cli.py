@@ -15,8 +15,27 @@ import typer
 
 EXIT_OK, EXIT_INCONSISTENT, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qverify: is the board's answer the quantized model's answer? Layer by layer.")
+
+# Options of the app itself: main() must not reroute them to `verify` (hb_verifier's shape).
+APP_OPTIONS = ("--help", "-h", "--version", "--install-completion", "--show-completion")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from qverify._version import __version__
+
+        print(f"qverify {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print qverify's version and exit"),
+) -> None:
+    """qverify: is the board's answer the quantized model's answer? Layer by layer."""
 
 
 class Failure(Exception):
@@ -132,6 +151,9 @@ def verify_command(
     input_shape: list[str] = typer.Option([], "--input-shape", help="NAME:1,3,224,224 for dynamic ONNX inputs (-s)"),
     connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="seconds to wait for the board"),
     timeout: float = typer.Option(300.0, "--timeout", help="seconds a run may take on the board"),
+    core: Optional[int] = typer.Option(None, "--core", min=0,
+                                       help="NPU core every board run uses, 0..npu_cores-1 (hrt_model_exec's "
+                                            "core_id; default: any free core)"),
     fault: list[str] = typer.Option([], "--fault", hidden=True, help="embedded board only: inject a fault (testing)"),
 ) -> None:
     """Run the same inputs on quant.onnx (onnxruntime), the board and the simulator; compare them layer by layer."""
@@ -159,23 +181,33 @@ def verify_command(
             raise Failure(f"report {out}: folder {out.parent} does not exist", EXIT_BAD_INPUT)
     tolerances = Tolerances(digits=digits, max_lsb=max_lsb, min_cosine=min_cosine, min_layer_cosine=min_layer_cosine,
                             max_latency_ms=max_latency)
-    ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts)
+    if connect_timeout <= 0 or timeout <= 0:
+        raise Failure("--connect-timeout and --timeout must be positive numbers of seconds", EXIT_BAD_INPUT)
+    ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
+                     connect_timeout=connect_timeout)
     with views.push_progress() as push_progress:
         result = verify(model, board, progress=views.progress_line, push_progress=push_progress, port=port,
                         token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport=transport, ssh=ssh, run_sim=run_sim,
                         inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
                         input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
-                        faults=fault, repeat=repeat, isolate=isolate)
+                        faults=fault, repeat=repeat, isolate=isolate, core=core)
+    views.print_verify(result)
+    views.print_written(_write_reports(result, json_out, junit_out, html_out))
+    raise typer.Exit(result.exit_code)
+
+
+def _write_reports(result, json_out: Path | None, junit_out: Path | None,
+                   html_out: Path | None) -> list[tuple[Path, str]]:
+    """Write the asked-for reports; returns (path, kind) of each one written."""
     from qverify.client import reports
 
-    if json_out:
-        reports.write_json(result, json_out)
-    if junit_out:
-        reports.write_junit(result, junit_out)
-    if html_out:
-        reports.write_html(result, html_out)
-    views.print_verify(result)
-    raise typer.Exit(result.exit_code)
+    written = []
+    for path, kind, write in ((json_out, "JSON", reports.write_json), (junit_out, "JUnit XML", reports.write_junit),
+                              (html_out, "HTML", reports.write_html)):
+        if path is not None:
+            write(result, path)
+            written.append((path, kind))
+    return written
 
 
 @app.command("info")
@@ -210,11 +242,10 @@ def demo_command(
     if model not in zoo.MODELS:
         raise Failure(f"--model {model}: unknown; choose one of {', '.join(zoo.MODELS)}", EXIT_BAD_INPUT)
     workdir.mkdir(parents=True, exist_ok=True)
-    result = run_demo(model, workdir, images, digits, progress=views.progress_line)
+    result = run_demo(model, workdir, images, digits, progress=views.progress_line, timer=views.timed_progress)
     views.print_demo(result)
     # The main job on the same files: quant.onnx vs the embedded emulated board vs the
     # simulator, layer by layer, on the real images as PNG files.
-    from qverify.client import reports
     from qverify.client.demo import write_images
     from qverify.client.verify import verify
 
@@ -223,10 +254,8 @@ def demo_command(
                         "(embedded emulated board)")
     verdict = verify([result.quant_onnx, result.model_bin], inputs=[str(p) for p in pngs], dump_all=True,
                      progress=views.progress_line)
-    reports.write_html(verdict, workdir / "report.html")
-    reports.write_json(verdict, workdir / "report.json")
     views.print_verify(verdict)
-    views.progress_line(f"reports: {workdir / 'report.html'}, {workdir / 'report.json'}")
+    views.print_written(_write_reports(verdict, workdir / "report.json", None, workdir / "report.html"))
     if not result.classes_agree or not verdict.passed:
         raise typer.Exit(verdict.exit_code or EXIT_INCONSISTENT)
 
@@ -260,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _register_exec_commands()
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
+    if args and args[0].startswith("-") and args[0] not in APP_OPTIONS:
         args.insert(0, "verify")  # hb_verifier's shape: `qverify -m quant.onnx,model.bin -b HOST`
     try:
         app(args=args, prog_name="qverify")  # standalone: exits with the command's code

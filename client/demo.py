@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,18 +37,37 @@ class DemoResult:
         return all(r.sim_class == r.ort_class for r in self.images)
 
 
-def run_demo(key: str, workdir: Path, image_count: int = 8, digits: int = 2, progress=None) -> DemoResult:
-    import time
+class _Untimed:
+    """Stands in for a progress display when the caller wants none."""
 
+    def __init__(self, label: str, total: int | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "_Untimed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def step(self, count: int = 1) -> None:
+        pass
+
+
+def run_demo(key: str, workdir: Path, image_count: int = 8, digits: int = 2, progress=None,
+             timer: Callable[..., Any] | None = None) -> DemoResult:
+    """``progress(message)`` hears each step; ``timer(label, total=None)`` (e.g.
+    ``qverify.client.views.timed_progress``) shows the long ones with elapsed time and ETA."""
     import onnxruntime as ort
 
-    from qverify.simulator import Simulator, dequantize, load, save
+    from qverify.simulator import Simulator, load, save
     from qverify.simulator.compiler import PreprocessSpec, compile_model
 
     spec = zoo.MODELS[key]
     say = progress or (lambda message: None)
-    say(f"quantizing {spec.filename} (QDQ, uint8 activations, per-channel int8 weights) on real images")
-    quant = zoo.quantize(key, workdir, "QDQ", "QUInt8", per_channel=True)
+    timed = timer or _Untimed
+    # onnxruntime's quantize_static reports nothing while it calibrates: elapsed time only.
+    with timed(f"quantizing {spec.filename} (QDQ, uint8 activations, per-channel int8 weights) on real images"):
+        quant = zoo.quantize(key, workdir, "QDQ", "QUInt8", per_channel=True)
     say(f"compiling {quant.name} with embedded {spec.color} preprocessing")
     program = compile_model(quant, input_shapes={spec.input_name: list(spec.input_shape)},
                             preprocess=PreprocessSpec.parse(spec.preprocess_spec), name=key)
@@ -58,22 +78,35 @@ def run_demo(key: str, workdir: Path, image_count: int = 8, digits: int = 2, pro
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(quant), options, providers=["CPUExecutionProvider"])
-    out = loaded.outputs[0]
     result = DemoResult(key, quant, model_bin, digest, len(loaded.nodes), sum(n.on_cpu for n in loaded.nodes))
-    say(f"running {image_count} real images on the simulator and on onnxruntime")
-    for index, image in enumerate(zoo.model_images(key, image_count)):
-        t0 = time.perf_counter()
-        run = sim.run({loaded.inputs[0].name: image})
-        t1 = time.perf_counter()
-        reference = session.run(None, {spec.input_name: zoo.normalize(key, image)})[0]
-        t2 = time.perf_counter()
-        result.sim_seconds += t1 - t0
-        result.ort_seconds += t2 - t1
-        board = run.outputs[out.name]
-        board = dequantize(board, out.scale, out.zero_point) if out.quantized else board
-        cmp = compare(out.name, board, reference, out.scale if out.quantized else None, digits)
-        result.images.append(DemoImageResult(index, cmp, int(np.argmax(board)), int(np.argmax(reference))))
+    images = zoo.model_images(key, image_count)
+    say(f"running {len(images)} real images on the simulator and on onnxruntime")
+    with timed("simulator and onnxruntime", total=len(images)) as bar:
+        for index, image in enumerate(images):
+            _run_image(result, index, image, sim, session, loaded, digits)
+            bar.step()
     return result
+
+
+def _run_image(result: DemoResult, index: int, image: np.ndarray, sim, session, loaded, digits: int) -> None:
+    """One image through the simulator and onnxruntime, compared; appended to ``result``."""
+    import time
+
+    from qverify.simulator import dequantize
+
+    spec = zoo.MODELS[result.model]
+    out = loaded.outputs[0]
+    t0 = time.perf_counter()
+    run = sim.run({loaded.inputs[0].name: image})
+    t1 = time.perf_counter()
+    reference = session.run(None, {spec.input_name: zoo.normalize(result.model, image)})[0]
+    t2 = time.perf_counter()
+    result.sim_seconds += t1 - t0
+    result.ort_seconds += t2 - t1
+    board = run.outputs[out.name]
+    board = dequantize(board, out.scale, out.zero_point) if out.quantized else board
+    cmp = compare(out.name, board, reference, out.scale if out.quantized else None, digits)
+    result.images.append(DemoImageResult(index, cmp, int(np.argmax(board)), int(np.argmax(reference))))
 
 
 def write_images(key: str, workdir: Path, count: int) -> list[Path]:

@@ -1,19 +1,22 @@
 """Board commands in the style of the vendors' model runners: ``run``, ``perf`` and ``board info``.
 
     qverify run -m model.bin [-b HOST] [-i FILE ...] [-o OUTDIR] [-r] [--dump-layout both] [--dump-format txt]
-    qverify perf -m model.bin [-b HOST] [--frames 100] [--threads 1] [--warmup 5] [--json perf.json]
+                [--core N]
+    qverify perf -m model.bin [-b HOST] [--frames 100] [--threads 1] [--warmup 5] [--core N] [--json perf.json]
     qverify board info [-b HOST] [--json]
 
 Without ``-b`` an embedded emulated board runs in this process. ``run`` pushes model.bin
 when the board lacks it, runs it, and saves the outputs (``-r``: every layer) with a
 ``manifest.json`` (see :mod:`qverify.client.dumpfiles`); ``perf`` asks the agent for a
-latency distribution and throughput; ``board info`` describes the agent and its store.
+latency distribution and throughput (with ``--core``, through Runs pinned to that core: the
+Perf call has no core field); ``board info`` describes the agent and its store.
 
 :func:`register` adds the commands to the ``qverify`` typer app.
 """
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -50,6 +53,8 @@ KnownHostsArg = Annotated[Optional[Path], typer.Option(
     "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)")]
 ConnectTimeoutArg = Annotated[float, typer.Option("--connect-timeout", help="seconds to wait for the board")]
 TimeoutArg = Annotated[float, typer.Option("--timeout", help="seconds a call may take on the board")]
+CoreArg = Annotated[Optional[int], typer.Option(
+    "--core", min=0, help="NPU core to run on, 0..npu_cores-1 (hrt_model_exec's core_id; default: any free core)")]
 ModelArg = Annotated[Path, typer.Option("-m", "--model", help="compiled model.bin")]
 InputArg = Annotated[list[str], typer.Option(
     "-i", "--input", help="image (jpg/png), .npy, .npz or raw .bin; NAME:FILE for multi-input models; "
@@ -82,6 +87,16 @@ def board_options(board: str | None, *, port: int | None = None, token: str | No
     return BoardOptions(host=host, port=agent_port, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                         transport=transport, ssh=ssh,
                         connect_timeout=connect_timeout, timeout=timeout)
+
+
+def _check_core(core: int | None, info, options: BoardOptions) -> None:
+    """--core names one of the board's NPU cores (BadRequest, exit 2, before anything runs)."""
+    cores = max(1, info.npu_cores)
+    if core is not None and core >= cores:
+        from qverify.client.agent_client import BadRequest
+
+        raise BadRequest(f"--core {core}: {_where(options)} has {cores} NPU core(s); give 0..{cores - 1} or leave "
+                         "--core out")
 
 
 def _load_model_bin(path: Path):
@@ -148,6 +163,7 @@ def run_command(
     frames: Annotated[int, typer.Option("--frames", min=1, max=10_000, help="measured runs of each input set "
                                         "(the saved tensors are the last run's)")] = 1,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000, help="unmeasured runs before them")] = 0,
+    core: CoreArg = None,
     port: PortArg = None,
     token: TokenArg = None,
     tls_ca: TlsCaArg = None,
@@ -187,6 +203,7 @@ def run_command(
     timings = []
     with open_board(options, program.target.name) as client:
         info = client.agent_info
+        _check_core(core, info, options)
         push = ensure_model(client, model, options)
         if push.sent:
             _say(f"pushed {model.name} ({_size(push.bytes)}, {push.transport})")
@@ -210,7 +227,7 @@ def run_command(
                 if len(input_sets) > 1:
                     _say(f"input set {number + 1}/{len(input_sets)}")
                 outcome = client.run(push.sha256, frame.board, dump="all" if dump_all else "outputs",
-                                     layout=dump_layout, frames=frames, warmup=warmup)
+                                     layout=dump_layout, frames=frames, warmup=warmup, core=core)
                 sub = f"set{number:03d}" if len(input_sets) > 1 else ""
                 target_dir = folder.path / sub if sub else folder.path
                 target_dir.mkdir(exist_ok=True)
@@ -226,7 +243,7 @@ def run_command(
                                                         outputs))
                 timings.append(outcome.timing)
                 del outcome
-            dumpfiles.write_json_atomic(manifest, folder.path / "manifest.json")
+            dumpfiles.write_manifest(manifest, folder.path / "manifest.json")
     _print_run(manifest, outdir, timings, dump_all)
 
 
@@ -312,6 +329,10 @@ def perf_command(
                               "random inputs")] = [],  # noqa: B006
     frames: Annotated[int, typer.Option("--frames", min=1, max=10_000, help="measured frames")] = 100,
     threads: Annotated[int, typer.Option("--threads", min=1, help="concurrent runners (at most the NPU cores)")] = 1,
+    core: Annotated[Optional[int], typer.Option(
+        "--core", min=0, help="pin the frames to this NPU core, 0..npu_cores-1 (hrt_model_exec's core_id). The "
+                              "agent's Perf call cannot pin a core, so the frames are then measured as one Run of "
+                              "--frames frames on that core: one thread, inputs as with run")] = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000, help="unmeasured frames first")] = 5,
     layers: Annotated[bool, typer.Option(
         "--layers", help=f"also time every layer (a run of the same frames on one thread); shows the "
@@ -352,33 +373,95 @@ def perf_command(
             raise InputFileError(f"-i: perf takes one set of inputs, got {len(sets)}; give one file per input")
         feed = sets[0].board
 
+    from_files = feed is not None
+    if core is not None and threads != 1:
+        raise Failure(f"--core {core} pins the frames to one core: leave --threads out (it is {threads})",
+                      EXIT_BAD_INPUT)
+
     _say(f"connecting to {_where(options)}")
     with open_board(options, program.target.name) as client:
         info = client.agent_info
+        _check_core(core, info, options)
         push = ensure_model(client, model, options)
-        _say(f"{frames} frames on {threads} thread{'s' if threads != 1 else ''} after {warmup} warm-up")
-        reply = client.perf(push.sha256, feed, frames=frames, threads=threads, warmup=warmup)
+        where = f" on core {core}" if core is not None else ""
+        if core is not None:
+            if feed is None:  # Run needs inputs: the same seeded random frame `run` would send
+                feed = inputs_mod.random_frame(ports, 0).board
+            reply = _perf_on_core(client, push.sha256, feed, frames, warmup, core)
+        else:
+            reply = _perf(client, push.sha256, feed, frames, threads, warmup)
         layer_rows = None
         if layers:
-            _say("timing every layer")
+            _say(f"timing every layer{where}")
             layer_feed = feed if feed is not None else inputs_mod.random_frame(ports, 0).board
-            outcome = client.run(push.sha256, layer_feed, frames=frames, warmup=warmup)
+            outcome = client.run(push.sha256, layer_feed, frames=frames, warmup=warmup, core=core)
             layer_rows = _layer_rows(outcome.timing)
         address = client.address
 
     figures: dict[str, Any] = {
+        "schema": "qverify.perf/1",
         "model": str(model), "model_sha256": push.sha256, "program": program.name,
         "board": {"address": None if options.embedded else address, "embedded": options.embedded,
                   "board_id": info.board_id, "backend": info.backend, "npu_cores": info.npu_cores},
-        "frames": reply.frames, "threads": reply.threads, "warmup": warmup,
+        "core": core, "frames": reply.frames, "threads": reply.threads, "warmup": warmup,
         "latency_ms": _dist_ms(reply.latency), "fps": reply.fps, "wall_s": reply.wall_s,
-        "inputs": "files" if feed is not None else "random (agent)",
+        "inputs": "files" if from_files else ("random (seed 0)" if core is not None else "random (agent)"),
     }
     if layer_rows is not None:
         figures["layers"] = layer_rows
     if json_out is not None:
         dumpfiles.write_json_atomic(figures, json_out)
     _print_perf(figures)
+
+
+def _perf(client, sha: str, feed, frames: int, threads: int, warmup: int):
+    """The agent's Perf, with progress: one Perf call is silent until it ends, so the warm-up runs
+    as its own call first and its time per frame gives the measured frames' ETA."""
+    from qverify.client.views import timed_progress
+
+    plural = "s" if threads != 1 else ""
+    estimate = None
+    if warmup:
+        with timed_progress(f"{warmup} warm-up frames on {threads} thread{plural}") as progress:
+            warm = client.perf(sha, feed, frames=warmup, threads=threads, warmup=0)
+        # The agent's own wall time leaves out the model's load and the network.
+        per_frame = (warm.wall_s or progress.elapsed) / max(1, warm.frames)
+        estimate = per_frame * frames
+    with timed_progress(f"{frames} frames on {threads} thread{plural}", estimate=estimate):
+        return client.perf(sha, feed, frames=frames, threads=threads, warmup=0)
+
+
+def _perf_on_core(client, sha: str, feed, frames: int, warmup: int, core: int):
+    """Perf's figures from Runs pinned to ``core``, in batches so progress and ETA are real
+    (the timing of every frame comes back, so the distribution is exact)."""
+    from qverify.client.views import timed_progress
+    from qverify.v1 import board_agent_pb2 as pb
+
+    if warmup:
+        with timed_progress(f"{warmup} warm-up frames on core {core}"):
+            client.run(sha, feed, frames=warmup, core=core)
+    from qverify.client.agent_client import ProtocolViolation
+
+    batch = (frames + 19) // 20  # about 20 steps
+    frame_us: list[float] = []
+    started = time.perf_counter()
+    with timed_progress(f"{frames} frames on core {core}", total=frames) as progress:
+        for first in range(0, frames, batch):
+            count = min(batch, frames - first)
+            outcome = client.run(sha, feed, frames=count, core=core)
+            if len(outcome.timing.frame_us) != count:
+                raise ProtocolViolation(f"board {client.address} timed {len(outcome.timing.frame_us)} frames of a "
+                                        f"run of {count}; its qverify-agent is broken or does not match this "
+                                        "qverify")
+            frame_us += outcome.timing.frame_us
+            progress.step(count)
+    wall = time.perf_counter() - started
+    values = np.sort(np.asarray(frame_us, dtype=np.float64))
+    latency = pb.Distribution(min_us=float(values[0]), median_us=float(np.median(values)),
+                              p99_us=float(np.percentile(values, 99)), max_us=float(values[-1]),
+                              mean_us=float(values.mean()))
+    fps = 1e6 / latency.mean_us if latency.mean_us > 0 else 0.0
+    return pb.PerfReply(latency=latency, fps=fps, frames=len(values), threads=1, wall_s=wall)
 
 
 def _layer_rows(timing) -> list[dict[str, Any]]:
@@ -403,6 +486,8 @@ def _print_perf(figures: dict) -> None:
     table.add_column("value", justify="right")
     table.add_row("frames", str(figures["frames"]))
     table.add_row("threads", str(figures["threads"]))
+    if figures.get("core") is not None:
+        table.add_row("core", str(figures["core"]))
     table.add_row("warm-up", str(figures["warmup"]))
     for key in ("min", "median", "mean", "p99", "max"):
         table.add_row(f"latency {key}", f"{lat[key]:.3f} ms")
@@ -466,6 +551,7 @@ def board_summary(client, options: BoardOptions) -> dict[str, Any]:
     models = client._call(client.stub.ListModels, pb.ListModelsRequest())
     limits = info.limits
     return {
+        "schema": "qverify.board/1",
         "address": None if options.embedded else client.address, "embedded": options.embedded,
         "agent_version": info.agent_version, "protocol_version": info.protocol_version, "board_id": info.board_id,
         "hostname": info.hostname, "backend": info.backend, "runtime_version": info.runtime_version,

@@ -188,7 +188,8 @@ class FarmRun:
         files = [model.onnx, model.bin] if model.onnx else [model.bin]
         options = dict(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, tls_cert=board.tls_cert,
                        tls_key=board.tls_key, transport=board.transport,
-                       ssh=SshOptions(user=user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts),
+                       ssh=SshOptions(user=user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts,
+                                      connect_timeout=board.connect_timeout_s),
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),

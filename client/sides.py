@@ -248,8 +248,9 @@ class BoardSide:
     label = "board"
 
     def __init__(self, client, sha256: str, program: Program, chunk_bytes: int = 4 << 20,
-                 native_isolation: bool = True) -> None:
+                 native_isolation: bool = True, core: int | None = None) -> None:
         self.client = client
+        self.core = core  # NPU core of every run (None: any free core)
         self.sha256 = sha256
         self.program = program
         self.chunk_bytes = chunk_bytes
@@ -269,7 +270,7 @@ class BoardSide:
         start = time.perf_counter()
         dump = "all" if dump_all else (sorted(extra) if extra else None)
         outcome = self.client.run(self.sha256, frame.board, dump=dump, layout="aligned",
-                                  chunk_bytes=self.chunk_bytes)
+                                  chunk_bytes=self.chunk_bytes, core=self.core)
         out = self._observe(outcome)
         out.seconds = time.perf_counter() - start
         return out
@@ -296,7 +297,8 @@ class BoardSide:
             named = [(nodes[a].name, nodes[b].name) for a, b in groups]
             try:
                 outcome = self.client.run(self.sha256, frame.board, dump="all", layout="aligned",
-                                          chunk_bytes=self.chunk_bytes, isolate=True, feeds=feeds, groups=named)
+                                          chunk_bytes=self.chunk_bytes, isolate=True, feeds=feeds, groups=named,
+                                          core=self.core)
             except Exception as exc:  # what earlier requests delivered counts as received too
                 if hasattr(exc, "received"):
                     exc.received = sorted(out.dumped) + list(exc.received)
@@ -327,7 +329,7 @@ class BoardSide:
                 inputs[name] = feed_layout(feeds[name[:-len(FED_SUFFIX)]], tensor.quantized)
             produced = {name for a, b in groups for node in self.program.nodes[a:b + 1] for name in node.outputs}
             outcome = self.client.run(sha, inputs, dump=sorted(produced), layout="aligned",
-                                      chunk_bytes=self.chunk_bytes)
+                                      chunk_bytes=self.chunk_bytes, core=self.core)
             part = self._observe(outcome)
             out.tensors.update({k: v for k, v in part.tensors.items() if k in produced and k in part.dumped})
             out.dumped |= produced & part.dumped

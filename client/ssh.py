@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "SshOptions", "SshError", "HostKeyChanged", "SshAuthFailed", "SshUnreachable", "SshTransferFailed",
-    "PushResult", "push_sftp", "connect", "RecordNewHostKeys",
+    "PushResult", "push_sftp", "connect", "RecordNewHostKeys", "agent_host",
 ]
 
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
@@ -177,7 +177,8 @@ def _resolve(host: str, options: SshOptions) -> _Target:
         value = conf.get(keyword)
         if value and str(value).lower() != "none":
             raise SshError(f"{config_path} sets {keyword} for host {host!r}, which the SFTP push does not support; "
-                           "push to an address reachable directly (a host without that setting)")
+                           "push through the agent instead with --transport grpc, or push to an address reachable "
+                           "directly (a host without that setting)")
     hostname = conf.get("hostname") or host
     port = options.port
     if port is None:
@@ -195,6 +196,32 @@ def _resolve(host: str, options: SshOptions) -> _Target:
         identity_files = tuple(Path(p).expanduser() for p in conf.get("identityfile", ()))
     known_hosts = Path(options.known_hosts or "~/.ssh/known_hosts").expanduser()
     return _Target(host, hostname, port, user, identity_files, options.key is not None, known_hosts)
+
+
+def agent_host(host: str, options: SshOptions | None = None) -> str:
+    """Where the board's agent is reached: the ``HostName`` ~/.ssh/config gives ``host`` (an alias
+    such as ``board1``), else ``host`` itself. The push resolves the alias the same way, so
+    ``-b board1`` reaches the agent and the SSH server of the same machine. A config that cannot be
+    read leaves ``host`` as it is: the push names the problem, the agent need not.
+
+    An IP address is kept as given: it already names the machine, and a HostName for it in the
+    config is a detour for SSH (a forwarded port, a tunnel), not the agent's address."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    options = options or SshOptions()
+    path = Path(options.config_file or "~/.ssh/config").expanduser()
+    try:
+        if not path.is_file():
+            return host
+        hostname = paramiko.SSHConfig.from_path(str(path)).lookup(host).get("hostname")
+    except Exception:  # paramiko raises several types for unsupported or broken configs
+        return host
+    return str(hostname) if hostname else host
 
 
 # --------------------------------------------------------------------------- host keys
@@ -379,7 +406,8 @@ class _KeyAuth(AuthStrategy):
                                 "set IdentityFile in ~/.ssh/config, or add a key to the SSH agent (ssh-add)")
         raise SshAuthFailed(f"{self.target.label} refused the SSH key{'s' if len(self.tried) > 1 else ''} "
                             f"{', '.join(self.tried)}; add the matching public key to ~{user}/.ssh/authorized_keys "
-                            "on the board, or pass the right key and user")
+                            "on the board, pass the right key and user, or push through the agent instead: "
+                            "--transport grpc")
 
 
 # --------------------------------------------------------------------------- connection
@@ -417,7 +445,8 @@ def _open_socket(target: _Target, timeout: float) -> tuple[socket.socket, bytes]
                              "board's name or use its IP address") from None
     except ConnectionRefusedError:
         raise SshUnreachable(f"nothing accepts SSH connections on {target.hostname}:{target.port} (connection "
-                             "refused); check the address and port and that sshd runs on the board") from None
+                             "refused); check the address and port and that sshd runs on the board, or push "
+                             "through the agent instead: --transport grpc") from None
     except (socket.timeout, TimeoutError):
         raise SshUnreachable(f"no TCP connection to {target.hostname}:{target.port} within {timeout:g} s; check the "
                              "address, the network and that the board is powered and booted") from None
@@ -475,7 +504,8 @@ def _connect_error(exc: BaseException, target: _Target, timeout: float, greeting
                               "board is powered and booted")
     if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
         return SshUnreachable(f"nothing accepts SSH connections on {where} (connection refused); check the address "
-                              "and port and that sshd runs on the board")
+                              "and port and that sshd runs on the board, or push through the agent instead: "
+                              "--transport grpc")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return SshUnreachable(f"no SSH answer from {where} within {timeout:g} s; check the address, the network and "
                               "that the board is powered and booted")

@@ -77,6 +77,7 @@ class VerifyOptions:
     # Isolated per-layer verification of quant.onnx vs board: "auto" when no bit-exact twin
     # runs or the outputs are beyond drift, "always", or "never" (output rules only).
     isolate: str = "auto"
+    core: int | None = None  # NPU core of every board run (hrt_model_exec's core_id); None: any free core
 
 
 @dataclass
@@ -234,6 +235,11 @@ class Verification:
         self.say(f"connecting to {where}")
         client = stack.enter_context(open_board(options, program.target.name))
         info = client.agent_info
+        if self.o.core is not None and not 0 <= self.o.core < max(1, info.npu_cores):
+            from qverify.client.agent_client import BadRequest
+
+            raise BadRequest(f"--core {self.o.core}: {where} has {info.npu_cores} NPU core(s); give 0.."
+                             f"{max(1, info.npu_cores) - 1} or leave --core out")
         self.say(f"making sure {self.files.bin.name} is on the board")
         push = ensure_model(client, self.files.bin, options, self.push_progress)
         self.result.sides.append(SideInfo("board", "board", str(self.files.bin), push.sha256, {
@@ -243,7 +249,7 @@ class Verification:
             "driver_version": info.driver_version, "firmware_version": info.firmware_version,
             "target": program.target.name, "pushed": push.sent, "push_transport": push.transport,
             "push_seconds": round(push.seconds, 4), "faults": list(info.faults)}))
-        return BoardSide(client, push.sha256, program)
+        return BoardSide(client, push.sha256, program, core=self.o.core)
 
     def _plain_run_count(self, extra: frozenset[str]) -> int:
         """Plain runs (no dumps) besides the main run: with -r one, and --repeat N in all; without

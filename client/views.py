@@ -81,6 +81,7 @@ def program_summary(program, path: Path, layers: bool = True) -> dict:
     proto = program.proto
     tensors = {t.name: t for t in proto.tensors}
     return {
+        "schema": "qverify.info/1",
         "file": str(path), "name": proto.name, "target": {"name": program.target.name,
                                                           "c_align": program.target.c_align,
                                                           "w_align": program.target.w_align,
@@ -197,7 +198,10 @@ def _short(name: str, width: int = 48) -> str:
 
 def print_verify(result, top: int = 8, findings: int = 10) -> None:
     """A table per pair (outputs, then the least agreeing layers), the board's differences with
-    itself (at most ``findings`` of them), then one verdict line per pair and one for the board's runs."""
+    itself (at most ``findings`` of them), then one verdict line per pair and one for the board's runs.
+
+    A bit-exact pair that passed has no table: every row would read 100 %, and its verdict line
+    says it all."""
     from rich.markup import escape
 
     colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
@@ -205,6 +209,8 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
         _console.print(f"[yellow]note:[/yellow] {_literal(note)}")
     # The plain-run pairs repeat the outputs' rows: a table only when they fail.
     for pair in result.pairs + [p for p in result.plain_pairs if not p.passed]:
+        if pair.criterion == "bit-exact" and pair.passed:
+            continue
         rows = list(pair.outputs)
         worst = sorted(pair.layers, key=lambda t: (t.passed, t.cosine))[:top]
         if pair.first_divergent is not None and all(pair.first_divergent is not t for t in rows + worst):
@@ -268,6 +274,87 @@ def _print_isolation(pair) -> None:
     _console.print(table)
     if pair.drift:
         _console.print(f"[yellow]{_literal(pair.drift)}[/yellow]", soft_wrap=True)
+
+
+def print_written(written: list[tuple[Path, str]]) -> None:
+    """One line per report written: ``wrote report.json (JSON)``."""
+    for path, kind in written:
+        _console.print(f"wrote {_literal(path)} ({kind})", soft_wrap=True)
+
+
+def _seconds(value: float) -> str:
+    value = max(0.0, value)
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, rest = divmod(int(round(value)), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class timed_progress:
+    """Progress of long work with its elapsed time and an ETA.
+
+    ``total`` steps (or None: unknown, elapsed time only) advanced with ``step()``; or, for work
+    that reports nothing while it runs (one RPC), ``estimate`` seconds from an earlier
+    measurement, shown as an ETA that is labelled an estimate. On a terminal a live line;
+    elsewhere one line at the start and one with the elapsed time at the end (logs stay short).
+    """
+
+    def __init__(self, label: str, total: int | None = None, estimate: float | None = None,
+                 console: Console | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.estimate = estimate
+        self.console = console or _err
+        self.done = 0
+        self._live = None
+        self._task = None
+        self._start = 0.0
+
+    def __enter__(self) -> "timed_progress":
+        import time
+
+        self._start = time.monotonic()
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
+                TimeElapsedColumn, TimeRemainingColumn
+
+            columns = [SpinnerColumn(), TextColumn("{task.description}")]
+            if self.total is not None:
+                columns += [BarColumn(), MofNCompleteColumn()]
+            columns += [TextColumn("elapsed"), TimeElapsedColumn()]
+            if self.total is not None:
+                columns += [TextColumn("ETA"), TimeRemainingColumn()]
+            elif self.estimate is not None:
+                columns += [TextColumn(f"ETA about {_seconds(self.estimate)} in all")]
+            self._live = Progress(*columns, console=self.console, transient=True)
+            self._live.start()
+            self._task = self._live.add_task(safe_text(self.label, None), total=self.total)
+        else:
+            about = f" (about {_seconds(self.estimate)})" if self.estimate is not None else ""
+            self.console.print(f"[dim]… {safe_text(self.label, None)}{about}[/dim]")
+        return self
+
+    def step(self, count: int = 1) -> None:
+        """``count`` more steps done."""
+        self.done += count
+        if self._live is not None:
+            self._live.update(self._task, completed=self.done)
+
+    @property
+    def elapsed(self) -> float:
+        import time
+
+        return time.monotonic() - self._start
+
+    def line(self) -> str:
+        """What the work took, e.g. ``quantizing: done in 12.3 s``."""
+        return f"{self.label}: done in {_seconds(self.elapsed)}"
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._live is not None:
+            self._live.stop()
+        if exc_type is None:
+            self.console.print(f"[dim]… {safe_text(self.line(), None)}[/dim]")
 
 
 class push_progress:

@@ -7,12 +7,13 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from qverify._version import __version__
 
 
 def verify(models, board=None, **options):
     """Run the same inputs on quant.onnx, the board and the simulator; see qverify.client.verify.verify."""
-    # Imported here so that `import qverify` stays light: boards import qverify.agent, never onnx.
+    # Imported here, not at the top: `import qverify` runs whenever any part is imported (boards
+    # import qverify.agent, which must not pull in onnx), so this module imports nothing above it.
     from qverify.client.verify import verify as _verify
 
     return _verify(models, board, **options)

@@ -11,6 +11,7 @@ Compiler API (host only, imports onnx)::
 
     from qverify.simulator.compiler import compile_model
 """
+from qverify._version import __version__
 from qverify.simulator.errors import CompileError, InputError, ModelFormatError, ProgramError, SimulatorError
 from qverify.simulator.executor import (
     Dump,
@@ -40,6 +41,7 @@ def load(path, max_tensor_bytes: int | None = None) -> Program:
 
 
 __all__ = [
+    "__version__",
     "CompileError", "InputError", "ModelFormatError", "ProgramError", "SimulatorError", "DEFAULT_MAX_TENSOR_BYTES",
     "Dump", "LayerStats", "RunResult",
     "Simulator", "Program", "TARGETS", "get_target", "load", "save", "encode", "decode", "dequantize",

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-import qverify
+from qverify._version import __version__
 from qverify.agent import faults as fault_tools
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
 from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
@@ -70,7 +70,7 @@ class SimBackend(Backend):
         self._cache = ModelCache(cache_size)
 
     def info(self) -> BackendInfo:
-        return BackendInfo(name="sim", runtime_version=f"qverify-sim {qverify.__version__} "
+        return BackendInfo(name="sim", runtime_version=f"qverify-sim {__version__} "
                            f"(numpy {np.__version__}, {platform.machine()})", npu_cores=self.npu_cores,
                            capabilities=["dump", "aligned_dump", "perf", "push", "layer_timing", "isolate"]
                            + (["faults"] if self.faults else []))

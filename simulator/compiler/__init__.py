@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-import qverify
+from qverify._version import __version__
 from qverify.simulator import fixedpoint, targets
 from qverify.simulator.compiler import (
     lower_elementwise,
@@ -217,7 +217,7 @@ def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = ta
     program.name = name or (Path(source).stem if isinstance(source, (str, Path)) else graph.model.graph.name)
     program.source_sha256 = graph.source_sha256
     program.source_format = graph.source_format
-    program.compiler_version = qverify.__version__
+    program.compiler_version = __version__
     if preprocess is not None:
         apply_preprocess(ctx, preprocess)
     if fuse:
