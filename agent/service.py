@@ -6,11 +6,8 @@ nothing a client sends can make the agent raise an unhandled exception.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import queue
 import socket
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +19,14 @@ import numpy as np
 
 from qverify._version import __version__
 from qverify.agent import PROTOCOL_VERSION, store as store_mod
-from qverify.agent.backends import Backend, BackendError, ModelInvalid, ModelMismatch
-from qverify.agent.backends.base import ModelInvalidInput, RunCancelled, TensorDump
+from qverify.agent.backends import Backend
+from qverify.agent.backends.base import RunCancelled
 from qverify.agent.faults import Fault
-from qverify.agent.scheduler import CoreScheduler, QueueFull, WaitAborted
+from qverify.agent.perf import distribution, random_inputs
+from qverify.agent.scheduler import CoreScheduler
+from qverify.agent.status import Abort, Cancelled, status_for
+from qverify.agent.streaming import DumpStreamer
 from qverify.agent.tensors import TensorError, dtype_name, from_wire, to_wire
-from qverify.simulator.errors import InputError
-from qverify.simulator.executor import dequantize
-from qverify.simulator.program import PROTO_DTYPES
 from qverify.v1 import board_agent_pb2 as pb
 from qverify.v1 import board_agent_pb2_grpc, model_pb2
 
@@ -48,34 +45,6 @@ class AgentConfig:
     max_input_bytes: int = 64 << 20
     max_tensor_bytes: int = 256 << 20
     faults: list[Fault] = field(default_factory=list)
-
-
-class _Cancelled(Exception):
-    """The client went away; stop working on its run."""
-
-
-class Abort(Exception):
-    """End the call with ``code`` and a sentence (mapped by the error scope)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
-    return ordered[index]
-
-
-def distribution(values_us: list[float]) -> pb.Distribution:
-    if not values_us:
-        return pb.Distribution()
-    return pb.Distribution(min_us=min(values_us), median_us=statistics.median(values_us),
-                           p99_us=_percentile(values_us, 0.99), max_us=max(values_us),
-                           mean_us=statistics.fmean(values_us))
 
 
 class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
@@ -162,7 +131,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 push.write(first.data)
                 for chunk in request_iterator:
                     if not context.is_active():
-                        raise _Cancelled()
+                        raise Cancelled()
                     push.write(chunk.data)
                 push.commit()
             log.info("stored model %s (%d bytes)", first.sha256, first.total_bytes)
@@ -284,7 +253,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 return model.run(inputs, dump=dump, dump_layout=layout, sink=sink, core=core, should_stop=should_stop)
         for index in range(0 if request.isolate else request.warmup + frames):
             if not context.is_active():
-                raise _Cancelled()
+                raise Cancelled()
             final = index == request.warmup + frames - 1
             if final and dump is not None:
                 break
@@ -299,7 +268,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 layer_us.append([layer.seconds * 1e6 for layer in result.layers])
             last = result
         if dump is not None:
-            last = yield from self._run_streaming(model, run_once, chunk, context, request, frame_us, layer_us)
+            last = yield from DumpStreamer(model, request, chunk, context).stream(run_once, frame_us, layer_us)
         for tensor in model.description.outputs:
             if tensor.name in last.outputs:  # an isolated run has the outputs of the layers that ran
                 yield pb.RunReply(output=to_wire(tensor.name, last.outputs[tensor.name]))
@@ -310,118 +279,6 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                                          acc_overflow=layer.acc_overflow, saturated=layer.saturated))
         yield pb.RunReply(timing=pb.Timing(model=distribution(frame_us), layers=layers, queue_wait_us=waited * 1e6,
                                            frame_us=frame_us, core=core))
-
-    def _run_streaming(self, model, run_once, chunk, context, request, frame_us, layer_us):
-        """Run the last frame in a worker thread, streaming dumps through a bounded queue."""
-        messages: queue.Queue = queue.Queue(maxsize=8)
-        cancelled = threading.Event()
-        context.add_callback(cancelled.set)
-        done = object()
-        outcome: dict = {}
-        dequantized = request.dump_values == pb.VALUES_DEQUANTIZED
-        counter = [0]
-
-        def put(message) -> None:
-            while True:
-                if cancelled.is_set():
-                    raise _Cancelled()
-                try:
-                    messages.put(message, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        placement = {layer.name: layer.placement for layer in model.description.layers}
-        batch: list[pb.DumpHeader] = []
-        batch_bytes = [0]
-
-        def flush() -> None:
-            if batch:
-                put([pb.RunReply(dump_batch=pb.DumpBatch(dumps=list(batch)))])
-                batch.clear()
-                batch_bytes[0] = 0
-
-        def sink(d: TensorDump) -> None:
-            # Small dumps travel together in DumpBatch messages (data inline); a big one gets
-            # its own header and chunks. Each queue item is a list: one handoff per group.
-            index = counter[0]
-            counter[0] += 1
-            for which, array in (("valid", d.valid), ("aligned", d.aligned)):
-                if array is None:
-                    continue
-                if dequantized and d.tensor.quantized:
-                    array = dequantize(array, d.tensor.scale, d.tensor.zero_point)
-                data = np.ascontiguousarray(array).tobytes()
-                header = pb.DumpHeader(
-                    index=index, name=d.tensor.name, producer=d.producer, onnx_float_name=d.tensor.onnx_float_name,
-                    dtype=PROTO_DTYPES[array.dtype], shape=list(d.tensor.shape), aligned_shape=list(d.aligned_shape),
-                    aligned_strides=list(d.aligned_strides), aligned_layout=d.aligned_layout,
-                    scale=d.tensor.scale, zero_point=d.tensor.zero_point, layout=which, total_bytes=len(data),
-                    placement=placement.get(d.producer, ""), isolated=request.isolate)
-                if len(data) <= chunk:
-                    if batch_bytes[0] + len(data) > chunk:
-                        flush()
-                    header.data = data
-                    batch.append(header)
-                    batch_bytes[0] += len(data) + 256
-                    continue
-                flush()
-                view = memoryview(data)
-                put([pb.RunReply(dump_header=header)] + [
-                    pb.RunReply(dump_chunk=pb.DumpChunk(index=index, offset=offset, data=bytes(view[offset:offset + chunk])))
-                    for offset in range(0, len(data), chunk)])
-            if request.isolate:
-                # Layer by layer, each handed to the transport before the next layer runs: a board
-                # that dies in a layer has delivered every layer before it, which names it.
-                flush()
-                delivered()
-
-        def delivered() -> None:
-            while messages.unfinished_tasks:
-                if cancelled.is_set():
-                    raise _Cancelled()
-                with messages.all_tasks_done:
-                    messages.all_tasks_done.wait(0.1)
-
-        def work() -> None:
-            try:
-                t0 = time.perf_counter()
-                result = run_once(sink, lambda: cancelled.is_set() or not context.is_active())
-                flush()
-                frame_us.append((time.perf_counter() - t0) * 1e6)
-                layer_us.append([layer.seconds * 1e6 for layer in result.layers])
-                outcome["result"] = result
-            except BaseException as exc:  # handed to the RPC thread, which maps it
-                if isinstance(exc, RunCancelled):
-                    log.info("%s", exc)
-                outcome["error"] = exc
-            finally:
-                try:
-                    put(done)
-                except _Cancelled:
-                    pass
-
-        worker = threading.Thread(target=work, name="qverify-run", daemon=True)
-        worker.start()
-        try:
-            while True:
-                try:
-                    message = messages.get(timeout=0.1)
-                except queue.Empty:
-                    if not context.is_active():
-                        raise _Cancelled()
-                    continue
-                if message is done:
-                    break
-                yield from message
-                messages.task_done()  # gRPC asked for the next message: this one went to the transport
-        finally:
-            if not outcome:  # the client left before the worker finished: tell it to stop
-                cancelled.set()
-            worker.join(timeout=5)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["result"]
 
     # ---- perf -------------------------------------------------------------------------
     def Perf(self, request, context):
@@ -435,7 +292,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
             with self.store.pin(request.model_sha256) as path:
                 model = self.backend.load(path, request.model_sha256)
                 inputs = (self._decode_inputs(model, request.inputs) if request.inputs
-                          else _random_inputs(model.description, self.config.max_input_bytes))
+                          else random_inputs(model.description, self.config.max_input_bytes))
                 def stop() -> bool:  # asked between layers
                     return not context.is_active()
 
@@ -465,10 +322,10 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                             future.result()
                         except RunCancelled as exc:
                             log.info("%s", exc)
-                            raise _Cancelled() from None
+                            raise Cancelled() from None
                 wall = time.perf_counter() - started
                 if not context.is_active():
-                    raise _Cancelled()
+                    raise Cancelled()
                 return pb.PerfReply(latency=distribution(latencies), fps=len(latencies) / wall if wall else 0.0,
                                     frames=len(latencies), threads=threads, wall_s=wall)
 
@@ -494,7 +351,7 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
                 self.service._active_lock.notify_all()
             if exc is None or isinstance(exc, (GeneratorExit, grpc.RpcError)) or kind is None:
                 return False
-            code, message = _status_for(exc)
+            code, message = status_for(exc)
             if code is None:
                 return False
             if code == grpc.StatusCode.INTERNAL:
@@ -503,56 +360,3 @@ class BoardAgentService(board_agent_pb2_grpc.BoardAgentServicer):
 
     def _errors(self, context) -> "_ErrorScope":
         return self._ErrorScope(self, context)
-
-
-def _status_for(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
-    if isinstance(exc, Abort):
-        return exc.code, str(exc)
-    if isinstance(exc, store_mod.InvalidModelId):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, store_mod.ModelNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, (store_mod.ModelTooLarge, store_mod.StoreFull, QueueFull)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, store_mod.StoreError):
-        return getattr(grpc.StatusCode, getattr(exc, "grpc_code", "FAILED_PRECONDITION")), str(exc)
-    if isinstance(exc, ModelMismatch):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, ModelInvalid):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, RunCancelled):
-        return grpc.StatusCode.CANCELLED, str(exc)
-    if isinstance(exc, (InputError, ModelInvalidInput, TensorError, ValueError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, WaitAborted):
-        return grpc.StatusCode.DEADLINE_EXCEEDED if "deadline" in str(exc) else grpc.StatusCode.CANCELLED, str(exc)
-    if isinstance(exc, _Cancelled):
-        return grpc.StatusCode.CANCELLED, "the client cancelled the call"
-    if isinstance(exc, BackendError):
-        return grpc.StatusCode.INTERNAL, str(exc)
-    if isinstance(exc, Exception):
-        return grpc.StatusCode.INTERNAL, f"the agent failed: {type(exc).__name__}: {exc}"
-    return None, ""
-
-
-def _random_inputs(description, max_bytes: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs at the model's declared shapes, refused before allocating when over ``max_bytes``."""
-    shapes = {tensor.name: tuple(tensor.feed_shape) for tensor in description.inputs}
-    sizes = {t.name: math.prod(int(d) for d in shapes[t.name]) * np.dtype(t.dtype).itemsize
-             for t in description.inputs}
-    if sum(sizes.values()) > max_bytes:
-        name = max(sizes, key=sizes.get)
-        raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the model declares {sum(sizes.values())} bytes of inputs (input '{name}' "
-                    f"{list(shapes[name])} alone is {sizes[name]}), more than this agent's limit of {max_bytes} "
-                    "(--max-input-size); raise the limit or check the model's input shapes")
-    rng = np.random.default_rng(0)
-    out = {}
-    for tensor in description.inputs:
-        shape = shapes[tensor.name]
-        if np.issubdtype(tensor.dtype, np.integer):
-            info = np.iinfo(tensor.dtype)
-            out[tensor.name] = rng.integers(info.min, info.max + 1, shape, dtype=tensor.dtype)
-        else:
-            out[tensor.name] = rng.standard_normal(shape).astype(tensor.dtype)
-    return out

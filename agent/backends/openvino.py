@@ -36,18 +36,18 @@ from typing import Callable
 import numpy as np
 
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
+from qverify.agent.backends.openvino_values import ONNX_UINT8, logical_input, to_program, to_runtime  # noqa: F401
 from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
 from qverify.simulator import layout, modelfile
 from qverify.simulator.errors import InputError, ModelFormatError
 from qverify.simulator.executor import Dump, RunCancelled, RunResult, dequantize, node_ranges
-from qverify.simulator.program import Program, TensorView
+from qverify.simulator.program import Program
 from qverify.simulator.targets import TargetProfile, get_target
 
 log = logging.getLogger("qverify.agent")
 
 TARGET = "openvino-cpu"
 RUNTIME_FORMAT = "onnx"
-ONNX_UINT8 = 2
 INSTALL = "pip install 'qverify[openvino]'"
 
 
@@ -176,31 +176,6 @@ class OpenVinoModel(ProgramBackedModel):
         return self._isolating[key]
 
     # ---- values: program <-> OpenVINO
-    def _to_runtime(self, tensor: TensorView, value: np.ndarray, port_type: str) -> np.ndarray:
-        """Program codes (int8, uint8 shifted by 128) -> what OpenVINO's tensor holds: the ONNX codes
-        (u8/i8), or their real values when the ONNX tensor is the float one (an op's output the
-        program holds quantized, e.g. a HardSwish that feeds a MaxPool before its QuantizeLinear)."""
-        if tensor.quantized and port_type.startswith("f"):
-            return dequantize(value, tensor.scale, tensor.zero_point)
-        if tensor.quantized and (port_type == "u8" or tensor.info.onnx_dtype == ONNX_UINT8):
-            return np.ascontiguousarray(value).view(np.uint8) ^ np.uint8(0x80)
-        return np.ascontiguousarray(value)
-
-    @staticmethod
-    def _to_program(tensor: TensorView, value: np.ndarray) -> np.ndarray:
-        """An OpenVINO value -> the program's representation (int8 codes, or float32), logical shape."""
-        value = np.asarray(value)
-        if tensor.quantized:
-            if value.dtype == np.uint8:
-                codes = (value ^ np.uint8(0x80)).view(np.int8)
-            elif value.dtype == np.int8:
-                codes = value
-            else:  # a dequantized graph output: its codes back (exact for values on the grid)
-                q = np.rint(value.astype(np.float64) / tensor.scale) + tensor.zero_point
-                codes = np.clip(q, -128, 127).astype(np.int8)
-            return np.ascontiguousarray(codes.reshape(tensor.shape))
-        return np.ascontiguousarray(value.astype(tensor.dtype, copy=False).reshape(tensor.shape))
-
     def _onnx_feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Board feeds (program inputs, feed layout: NHWC int8 codes) -> the float ONNX inputs.
 
@@ -211,15 +186,9 @@ class OpenVinoModel(ProgramBackedModel):
         for onnx_name, tensor in zip(self.program.proto.onnx_inputs, self.program.inputs):
             if tensor.name not in inputs:
                 raise InputError(f"input '{tensor.name}' is missing")
-            value = self._logical_input(tensor, inputs[tensor.name])
+            value = logical_input(tensor, inputs[tensor.name])
             feed[onnx_name] = dequantize(value, tensor.scale, tensor.zero_point) if tensor.quantized else value
         return feed
-
-    @staticmethod
-    def _logical_input(tensor: TensorView, value: np.ndarray) -> np.ndarray:
-        if tensor.quantized and len(tensor.shape) == 4:
-            return np.ascontiguousarray(np.asarray(value).transpose(0, 3, 1, 2))
-        return np.asarray(value)
 
     def _dump(self, name: str, value: np.ndarray, dump_layout: str) -> Dump:
         """A Dump as the simulator makes one, in the openvino-cpu profile's layout (NHWC, no padding)."""
@@ -272,7 +241,7 @@ class OpenVinoModel(ProgramBackedModel):
         result = RunResult(outputs={})
         for tensor, onnx_name in zip(self.program.outputs, self.program.proto.onnx_outputs):
             value = values.get(tensor.name)
-            result.outputs[tensor.name] = self._to_program(tensor, value if value is not None else values[onnx_name])
+            result.outputs[tensor.name] = to_program(tensor, value if value is not None else values[onnx_name])
         if dump is not None and sink is not None:
             wanted = set(self.program.tensors) if names is None else set(names)
             for name in self._order(wanted):
@@ -280,7 +249,7 @@ class OpenVinoModel(ProgramBackedModel):
                 if value is None:
                     if name not in values:
                         continue
-                    value = self._to_program(self.program.tensors[name], values[name])
+                    value = to_program(self.program.tensors[name], values[name])
                 sink(self._dump(name, value, dump_layout))
         result.seconds = time.perf_counter() - start
         return result
@@ -302,7 +271,7 @@ class OpenVinoModel(ProgramBackedModel):
             if value.dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
                 raise InputError(f"feed '{name}' must be {tensor.dtype}{list(tensor.shape)} (logical layout), "
                                  f"got {value.dtype}{list(value.shape)}")
-        given = {t.name: self._logical_input(t, inputs[t.name]) for t in self.program.inputs if t.name in inputs}
+        given = {t.name: logical_input(t, inputs[t.name]) for t in self.program.inputs if t.name in inputs}
         wanted = set(self.program.tensors) if dump is None else (self._selection(dump) or set(self.program.tensors))
         if should_stop is not None and should_stop():
             raise RunCancelled("isolated run stopped before its first layer: its caller gave up", 0)
@@ -317,7 +286,7 @@ class OpenVinoModel(ProgramBackedModel):
                     raise InputError(f"node '{node.name}' ({node.op}) reads '{name}', which is neither fed nor "
                                      "computed in its group; feed it, or put the node that writes it in the same "
                                      "group")
-                feed[f"{name}:fed"] = self._to_runtime(self.program.tensors[name], value, types[f"{name}:fed"])
+                feed[f"{name}:fed"] = to_runtime(self.program.tensors[name], value, types[f"{name}:fed"])
         values = self._infer(compiled, feed)
         result = RunResult(outputs={})
         outputs = {t.name for t in self.program.outputs}
@@ -326,7 +295,7 @@ class OpenVinoModel(ProgramBackedModel):
                 raise RunCancelled(f"isolated run stopped before layer '{self.program.nodes[start].name}': its "
                                    "caller gave up", start)
             for name in group_outputs:
-                value = self._to_program(self.program.tensors[name], values[name])
+                value = to_program(self.program.tensors[name], values[name])
                 if name in outputs:
                     result.outputs[name] = value
                 if sink is not None and name in wanted:
