@@ -2,7 +2,7 @@
 
     python bench/push.py [--mib 100] [--repeat 3]
 
-Starts a private OpenSSH sshd on 127.0.0.1 (``tests/sshd_harness.py``: throw-away host and
+Starts a private OpenSSH sshd on 127.0.0.1 (``bench/sshd_runner.py``: throw-away host and
 user keys, a free port, ``Subsystem sftp internal-sftp``) and writes a file of --mib MiB of
 random bytes into a temporary directory. Then, --repeat times, interleaved, each into an
 empty destination so every method really sends:
@@ -31,13 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+import paramiko
 
-import paramiko  # noqa: E402
-
-from qverify.client.ssh import SshOptions, connect, push_sftp  # noqa: E402
-from sshd_harness import SshdFactory, SshdUnavailable, SshServer, sshd_version  # noqa: E402
+from qverify.client.ssh import SshOptions, connect, push_sftp
+# sshd_runner sits beside this script (on sys.path as the script's own directory) and needs
+# no pytest: the benchmark runs where only qverify[models] is installed.
+from sshd_runner import SshdFactory, SshdUnavailable, SshServer, sshd_version
 
 SHA = "0" * 64  # push_sftp trusts the id it is given; the content does not matter here
 
