@@ -131,8 +131,8 @@ def cpu_seconds() -> float:
 
 def run_once(inventory_path: Path) -> tuple[float, float, list]:
     """(wall s, host CPU s of this process, jobs) of one farm run; every pair must be consistent."""
-    from qverify.client.farm_inventory import load_inventory
-    from qverify.client.farm_runner import run_farm
+    from qverify.client.farm.inventory import load_inventory
+    from qverify.client.farm.runner import run_farm
 
     inventory = load_inventory(inventory_path)
     cpu, start = cpu_seconds(), time.perf_counter()

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from qverify.client.agent_client import BoardClient, file_sha256
 
 DEFAULT_AGENT_PORT = 7060
+TRANSPORTS = ("sftp", "grpc")  # how model.bin reaches the board
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds to wait for the board
+DEFAULT_TIMEOUT = 300.0  # seconds a call may take on the board
 
 
 def client_cert(cert: Path | None, key: Path | None) -> tuple[Path, Path] | None:
@@ -45,18 +48,43 @@ class BoardSpecError(ValueError):
 
 
 @dataclass
-class BoardOptions:
-    """How to reach a board's agent (and its SSH for pushes)."""
-    host: str | None = None  # None: embedded emulated board
-    port: int = DEFAULT_AGENT_PORT
+class BoardSettings:
+    """How to reach a board besides its address: the options ``verify``, ``run``, ``perf``,
+    ``board info`` and the farm share, declared once (the command-line flags are in
+    :mod:`qverify.client.board_options`)."""
+    port: int | None = None  # None: the one in -b HOST:PORT, else DEFAULT_AGENT_PORT
     token: str | None = None
     tls_ca: Path | None = None
     tls_cert: Path | None = None  # client certificate and key for an mTLS agent
     tls_key: Path | None = None
-    transport: str = "sftp"  # "sftp" or "grpc"
+    transport: str = "sftp"  # one of TRANSPORTS
     ssh: object | None = None  # qverify.client.ssh.SshOptions
-    connect_timeout: float = 5.0
-    timeout: float = 300.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+
+    def check(self) -> None:
+        """The settings make sense and the TLS files exist (BoardSpecError otherwise)."""
+        if self.transport not in TRANSPORTS:
+            raise BoardSpecError(f"--transport {self.transport}: choose sftp or grpc")
+        check_tls_files(self.tls_ca, self.tls_cert, self.tls_key)
+        if self.connect_timeout <= 0 or self.timeout <= 0:
+            raise BoardSpecError("--connect-timeout and --timeout must be positive numbers of seconds")
+
+    def board_options(self, board: str | None, faults: Sequence[str] = ()) -> BoardOptions:
+        """The :class:`BoardOptions` of board ``-b board`` (None: the embedded emulated board)."""
+        host, port = parse_board(board, self.port)
+        return BoardOptions(**{**self.as_kwargs(), "port": port}, host=host, faults=list(faults))
+
+    def as_kwargs(self) -> dict[str, object]:
+        """The settings as keyword arguments of :func:`qverify.verify` (the SSH options kept as they are)."""
+        return {f.name: getattr(self, f.name) for f in fields(BoardSettings)}
+
+
+@dataclass
+class BoardOptions(BoardSettings):
+    """How to reach a board's agent (and its SSH for pushes): the settings, and where the board is."""
+    host: str | None = None  # None: embedded emulated board
+    port: int = DEFAULT_AGENT_PORT  # resolved from -b HOST:PORT and --port
     faults: list[str] = field(default_factory=list)  # embedded board only (tests, demos)
 
     @property

@@ -1,8 +1,11 @@
 """The host CLI ``qverify``: thin commands that parse arguments and delegate.
 
-Exit codes (DESIGN.md): 0 consistent / success, 1 inconsistent, 2 bad usage or bad
-input file, 3 board unreachable or infrastructure failure. Foreseeable failures print
-one line on stderr, never a traceback.
+Exit codes (DESIGN.md, :mod:`qverify.client.errors`): 0 consistent / success, 1
+inconsistent, 2 bad usage or bad input file, 3 board unreachable or infrastructure
+failure. Foreseeable failures print one line on stderr, never a traceback.
+
+``run``, ``perf``, ``board`` and ``farm`` live in their own modules, which import only
+:mod:`qverify.client.errors` of the CLI's parts; this module adds them to the app.
 """
 from __future__ import annotations
 
@@ -13,9 +16,23 @@ from typing import Optional
 
 import typer
 
-EXIT_OK, EXIT_INCONSISTENT, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
+# The sub-commands load grpc, whose C core would log a refused TLS handshake itself; the
+# error says what failed. Set before grpc loads (a user's own setting wins).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from qverify.client.board_command import board_app  # noqa: E402
+from qverify.client.board_options import BoardArg, with_board_settings  # noqa: E402
+from qverify.client.boards import BoardSettings  # noqa: E402
+from qverify.client.errors import EXIT_BAD_INPUT, EXIT_INCONSISTENT, EXIT_INFRA, EXIT_OK, Failure  # noqa: E402
+from qverify.client.farm.cli import farm_app  # noqa: E402
+from qverify.client.perf_command import perf_command  # noqa: E402
+from qverify.client.run_command import run_command  # noqa: E402
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INCONSISTENT", "EXIT_INFRA", "EXIT_OK", "Failure", "app", "main"]
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # click's formatter: option names are never cut at 80 columns
+                  context_settings={"max_content_width": 120},  # wider terminals use up to 120 columns
                   help="qverify: is the board's answer the quantized model's answer? Layer by layer.")
 
 # Options of the app itself: main() must not reroute them to `verify` (hb_verifier's shape).
@@ -36,12 +53,6 @@ def _app_options(
                                  help="print qverify's version and exit"),
 ) -> None:
     """qverify: is the board's answer the quantized model's answer? Layer by layer."""
-
-
-class Failure(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _parse_shapes(values: list[str]) -> dict[str, list[int]]:
@@ -103,11 +114,11 @@ def compile_command(
 
 
 @app.command("verify")
+@with_board_settings()
 def verify_command(
     model: str = typer.Option(..., "-m", "--model",
                               help="quant.onnx,model.bin (either or both, any order; recognised by content)"),
-    board: Optional[str] = typer.Option(None, "-b", "--board",
-                                        help="board HOST[:PORT]; without it an embedded emulated board runs here"),
+    board: BoardArg = None,
     run_sim: Optional[bool] = typer.Option(
         None, "--run-sim/--no-run-sim", "-s/-S",
         help="also run the simulator on the host (default: on when a board runs model.bin, for the bit-exact check)"),
@@ -129,16 +140,6 @@ def verify_command(
                                     "bit-identical (hrt_model_exec's frame_count)"),
     ort_opt: str = typer.Option("all", "--ort-opt",
                                 help="onnxruntime's reading: all (fused integer kernels) or disabled (literal graph)"),
-    port: Optional[int] = typer.Option(None, "--port", help="agent port (default 7060, or the one in -b HOST:PORT)"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="QVERIFY_TOKEN", help="agent token"),
-    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="CA certificate of the agent's TLS"),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="client certificate for an mTLS agent"),
-    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="private key of --tls-cert"),
-    transport: str = typer.Option("sftp", "--transport", help="how model.bin reaches the board: sftp or grpc"),
-    ssh_user: Optional[str] = typer.Option(None, "--ssh-user", help="SSH user (default: ~/.ssh/config, then $USER)"),
-    ssh_key: Optional[Path] = typer.Option(None, "--ssh-key", help="SSH private key (default: ~/.ssh/config, agent)"),
-    ssh_port: Optional[int] = typer.Option(None, "--ssh-port", help="SSH port (default: ~/.ssh/config, then 22)"),
-    known_hosts: Optional[Path] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report (docs/report-schema.md)"),
     junit_out: Optional[Path] = typer.Option(None, "--junit", help="write a JUnit XML report"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML report"),
@@ -149,29 +150,20 @@ def verify_command(
     max_latency: Optional[float] = typer.Option(None, "--max-latency", help="fail when the board's median frame "
                                                 "latency exceeds this many milliseconds"),
     input_shape: list[str] = typer.Option([], "--input-shape", help="NAME:1,3,224,224 for dynamic ONNX inputs (-s)"),
-    connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="seconds to wait for the board"),
-    timeout: float = typer.Option(300.0, "--timeout", help="seconds a run may take on the board"),
     core: Optional[int] = typer.Option(None, "--core", min=0,
                                        help="NPU core every board run uses, 0..npu_cores-1 (hrt_model_exec's "
                                             "core_id; default: any free core)"),
     fault: list[str] = typer.Option([], "--fault", hidden=True, help="embedded board only: inject a fault (testing)"),
+    *,
+    settings: BoardSettings,
 ) -> None:
     """Run the same inputs on quant.onnx (onnxruntime), the board and the simulator; compare them layer by layer."""
     from qverify.client import views
     from qverify.client.results import Tolerances
-    from qverify.client.ssh import SshOptions
     from qverify.client.verify import verify
 
     if ort_opt not in ("all", "disabled"):
         raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
-    if transport not in ("sftp", "grpc"):
-        raise Failure(f"--transport {transport}: choose sftp or grpc", EXIT_BAD_INPUT)
-    from qverify.client.boards import BoardSpecError, check_tls_files
-
-    try:
-        check_tls_files(tls_ca, tls_cert, tls_key)
-    except BoardSpecError as exc:
-        raise Failure(str(exc), EXIT_BAD_INPUT) from None
     if isolate not in ("auto", "always", "never"):
         raise Failure(f"--isolate {isolate}: choose auto, always or never", EXIT_BAD_INPUT)
     if fault and board:
@@ -181,15 +173,10 @@ def verify_command(
             raise Failure(f"report {out}: folder {out.parent} does not exist", EXIT_BAD_INPUT)
     tolerances = Tolerances(digits=digits, max_lsb=max_lsb, min_cosine=min_cosine, min_layer_cosine=min_layer_cosine,
                             max_latency_ms=max_latency)
-    if connect_timeout <= 0 or timeout <= 0:
-        raise Failure("--connect-timeout and --timeout must be positive numbers of seconds", EXIT_BAD_INPUT)
-    ssh = SshOptions(user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
-                     connect_timeout=connect_timeout)
     with views.push_progress() as push_progress:
-        result = verify(model, board, progress=views.progress_line, push_progress=push_progress, port=port,
-                        token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, transport=transport, ssh=ssh, run_sim=run_sim,
-                        inputs=input_files, seed=seed, dump_all=dump_all, ort_opt=ort_opt, tolerances=tolerances,
-                        input_shapes=_parse_shapes(input_shape), connect_timeout=connect_timeout, timeout=timeout,
+        result = verify(model, board, progress=views.progress_line, push_progress=push_progress,
+                        **settings.as_kwargs(), run_sim=run_sim, inputs=input_files, seed=seed, dump_all=dump_all,
+                        ort_opt=ort_opt, tolerances=tolerances, input_shapes=_parse_shapes(input_shape),
                         faults=fault, repeat=repeat, isolate=isolate, core=core)
     views.print_verify(result)
     views.print_written(_write_reports(result, json_out, junit_out, html_out))
@@ -260,14 +247,11 @@ def demo_command(
         raise typer.Exit(verdict.exit_code or EXIT_INCONSISTENT)
 
 
-def _register_exec_commands() -> None:
-    """Add run, perf and board info (their module imports this one, so not at import time)."""
-    if not any(getattr(c, "name", None) == "run" for c in app.registered_commands):
-        from qverify.client import exec_commands
-        from qverify.client.farm_cli import farm_app
-
-        exec_commands.register(app)
-        app.add_typer(farm_app, name="farm")
+# The board and farm commands: their modules import errors.py, never this one.
+app.command("run")(run_command)
+app.command("perf")(perf_command)
+app.add_typer(board_app, name="board")
+app.add_typer(farm_app, name="farm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,11 +259,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Usage errors are typer's own (usage text, exit 2); qverify's errors print one line.
     """
-    # gRPC's C core logs a refused TLS handshake itself (before grpc loads); the error says what failed.
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from qverify.client.agent_client import AgentError, BadRequest
     from qverify.client.boards import BoardSpecError
-    from qverify.client.farm_inventory import InventoryError
+    from qverify.client.farm.inventory import InventoryError
     from qverify.client.inputs import InputFileError
     from qverify.client.modelfiles import ModelFileError
     from qverify.client.sides import SideError
@@ -287,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     from qverify.client.zoo import ZooError
     from qverify.simulator.errors import SimulatorError
 
-    _register_exec_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0].startswith("-") and args[0] not in APP_OPTIONS:
         args.insert(0, "verify")  # hb_verifier's shape: `qverify -m quant.onnx,model.bin -b HOST`

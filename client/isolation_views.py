@@ -6,6 +6,7 @@ import math
 import xml.etree.ElementTree as ET
 from html import escape as _E
 
+from qverify.client.report_text import name_html
 from qverify.client.results import IsolatedLayer, PairResult, TensorResult
 
 _W, _H, _L, _R, _T, _B = 900, 240, 48, 16, 16, 30
@@ -100,7 +101,6 @@ def html_section(pair: PairResult, anchor: str = "") -> str:
 
     Rows are numbered like the pair's tensor table (the tensor's position in execution order);
     with ``anchor`` (the pair section's id) a number links to that tensor's row there."""
-    from qverify.client.reports import name_html
 
     if not pair.isolation:
         return ""

@@ -10,16 +10,16 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from qverify.client.dumpfiles import write_text_atomic
-from qverify.client.results import (
-    ERROR, FAILED, MISMATCHED, NONDETERMINISTIC, PLAIN_VS_DUMP, RETURNED_VS_DUMPED, BoardFinding, PairResult,
-    SideInfo, TensorResult, Tolerances, VerifyResult,
+# The JUnit writer lives in its own module; it is re-exported here, where callers have always found it.
+from qverify.client.report_junit import (
+    _detail, _figures, _is_first, _num, _pair_name, _pct, _where, render_junit, write_junit, xml_text, yes_no,
 )
+from qverify.client.report_text import name_html
+from qverify.client.results import NONDETERMINISTIC, BoardFinding, PairResult, SideInfo, Tolerances, VerifyResult
 
 __all__ = ["write_json", "write_junit", "write_html", "render_json", "render_junit", "render_html", "finite", "xml_text",
            "name_html", "yes_no"]
@@ -30,65 +30,6 @@ __all__ = ["write_json", "write_junit", "write_html", "render_json", "render_jun
 def _write_atomic(path: Path, render: Callable[[], str]) -> None:
     """Write ``render()`` to ``path`` via a temporary file in the same directory."""
     write_text_atomic(path, render)
-
-
-# ---------------------------------------------------------------- figures as text
-
-def _num(x: float, spec: str = ".4g") -> str:
-    return format(x, spec) if math.isfinite(x) else str(x)
-
-
-def _pct(part: int, whole: int) -> str:
-    """A percentage that reads 100% only when ``part == whole`` (and 0% only when part is 0)."""
-    if whole <= 0 or part == whole:
-        return "100%"
-    value = 100.0 * part / whole
-    return f"{min(max(value, 0.01) if part else 0.0, 99.99):.2f}%"
-
-
-def _figures(t: TensorResult, digits: int) -> str:
-    text = (f"max |diff| {_num(t.max_abs_diff)}, {_pct(t.within_digits, t.elements)} within {digits} digits, "
-            f"exact {t.exact} / ±1 LSB {t.off_by_one} / >1 LSB {t.beyond_one} of {t.elements}, "
-            f"max {t.max_lsb} LSB, cosine {_num(t.cosine, '.6f')}")
-    return text if t.layout_ok else text + ", aligned buffer inconsistent with the valid tensor"
-
-
-def _where(t: TensorResult) -> str:
-    op = t.op or t.kind
-    parts = [f"{t.kind} #{t.index}", f"op {op}"]
-    if t.producer:
-        parts.append(f"node {t.producer}")
-    if t.placement:
-        parts.append(f"on {t.placement}")
-    parts.append("shape [" + ",".join(map(str, t.shape)) + "]")
-    return ", ".join(parts)
-
-
-def yes_no(value: bool) -> str:
-    """How a report prints a flag: for people, not Python's True/False."""
-    return "yes" if value else "no"
-
-
-def _detail(value: Any) -> str:
-    if isinstance(value, bool):
-        return yes_no(value)
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_detail(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_detail(v) for v in value)
-    return str(value)
-
-
-def _pair_name(p: PairResult) -> str:
-    return f"{p.a} vs {p.b}"
-
-
-def _is_first(p: PairResult, t: TensorResult) -> bool:
-    """Whether ``t`` is the pair's first divergent tensor (shown only when the pair did not pass)."""
-    fd = p.first_divergent
-    return fd is not None and not p.passed and (fd is t or fd == t)
 
 
 def _first_index(p: PairResult) -> int | None:
@@ -120,129 +61,6 @@ def write_json(result: VerifyResult, path: Path) -> None:
     _write_atomic(path, lambda: render_json(result))
 
 
-# ---------------------------------------------------------------- JUnit XML
-
-_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def xml_text(text: Any) -> str:
-    """Text XML 1.0 can hold (ElementTree escapes <&>\"' itself but not control characters)."""
-    return _XML_ILLEGAL.sub("\ufffd", str(text))
-
-
-_x = xml_text
-
-
-def _side_properties(result: VerifyResult) -> Iterable[tuple[str, str]]:
-    yield "qverify.version", result.qverify_version
-    yield "qverify.verdict", "PASSED" if result.passed else "FAILED"
-    yield "qverify.exit_code", str(result.exit_code)
-    for s in result.sides:
-        for key in ("kind", "path", "sha256"):
-            yield f"side.{s.label}.{key}", str(getattr(s, key))
-        for key, value in s.detail.items():
-            yield f"side.{s.label}.{key}", _detail(value)
-
-
-def _testcase(suite: ET.Element, classname: str, name: str) -> ET.Element:
-    return ET.SubElement(suite, "testcase", classname=_x(classname), name=_x(name), time="0")
-
-
-def _pair_suite(root: ET.Element, p: PairResult, props: list[tuple[str, str]]) -> ET.Element:
-    name = _pair_name(p)
-    suite = ET.SubElement(root, "testsuite", name=_x(name), time="0")
-    properties = ET.SubElement(suite, "properties")
-    for key, value in [*props, ("pair.criterion", p.criterion), ("pair.status", p.status),
-                       ("pair.verdict", p.verdict_line())]:
-        ET.SubElement(properties, "property", name=_x(key), value=_x(value))
-    if p.status in (MISMATCHED, ERROR):
-        case = _testcase(suite, name, p.status.lower())
-        ET.SubElement(case, "error", message=_x(p.message or p.status), type=p.status).text = _x(p.verdict_line())
-        return suite
-    for t in p.outputs + p.layers:
-        case = _testcase(suite, name, t.name)
-        if not t.passed:
-            first = " (first divergent)" if _is_first(p, t) else ""
-            failure = ET.SubElement(case, "failure", message=_x(f"{t.name}: {t.reason}{first}"),
-                                    type=f"{t.kind} tensor")
-            failure.text = _x(f"{_where(t)}\n{_figures(t, p.digits)}")
-    if p.status == FAILED and all(t.passed for t in p.outputs + p.layers):
-        case = _testcase(suite, name, "verdict")
-        ET.SubElement(case, "failure", message=_x(p.verdict_line()), type=FAILED).text = _x(p.verdict_line())
-    return suite
-
-
-def _count(suite: ET.Element) -> tuple[int, int, int]:
-    cases = suite.findall("testcase")
-    counts = (len(cases), sum(c.find("failure") is not None for c in cases),
-              sum(c.find("error") is not None for c in cases))
-    suite.set("tests", str(counts[0]))
-    suite.set("failures", str(counts[1]))
-    suite.set("errors", str(counts[2]))
-    suite.set("skipped", "0")
-    return counts
-
-
-# The board's checks against itself: (kind, testcase name, whether the run checked it).
-_BOARD_CHECKS = (
-    (PLAIN_VS_DUMP, "plain run vs dumping run", lambda r: r.plain_run),
-    (RETURNED_VS_DUMPED, "returned outputs vs dumps", lambda r: r.plain_run),
-    (NONDETERMINISTIC, "repeated runs identical", lambda r: r.repeat > 1),
-)
-
-
-def _board_runs_suite(root: ET.Element, result: VerifyResult, props: list[tuple[str, str]]) -> ET.Element | None:
-    """A testsuite "board runs": one testcase per check of the board against itself, failing
-    with every difference found (the message names the first)."""
-    checks = [(kind, name) for kind, name, checked in _BOARD_CHECKS
-              if checked(result) or any(f.kind == kind for f in result.board_findings)]
-    if not checks:
-        return None
-    suite = ET.SubElement(root, "testsuite", name="board runs", time="0")
-    properties = ET.SubElement(suite, "properties")
-    for key, value in [*props, ("board.repeat", str(result.repeat)), ("board.plain_run", str(result.plain_run).lower()),
-                       ("board.verdict", result.board_runs_line())]:
-        ET.SubElement(properties, "property", name=_x(key), value=_x(value))
-    for kind, name in checks:
-        case = _testcase(suite, "board runs", name)
-        found = [f for f in result.board_findings if f.kind == kind]
-        if found:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            ET.SubElement(case, "failure", message=_x(found[0].message + more), type=kind).text = \
-                _x("\n".join(f.message for f in found))
-    return suite
-
-
-def render_junit(result: VerifyResult) -> str:
-    root = ET.Element("testsuites", name="qverify", time=f"{result.seconds:.3f}")
-    props = list(_side_properties(result))
-    from qverify.client import isolation_views
-
-    suites = [_pair_suite(root, p, props) for p in result.pairs + result.plain_pairs]
-    suites += [s for s in (isolation_views.junit_suite(root, p, props) for p in result.pairs) if s is not None]
-    board_runs = _board_runs_suite(root, result, props)
-    if board_runs is not None:
-        suites.append(board_runs)
-    if result.latency_failure or result.tolerances.max_latency_ms is not None:
-        board = next((s.label for s in result.sides if s.kind == "board"), "board")
-        suite = ET.SubElement(root, "testsuite", name=_x(f"{board} latency"), time="0")
-        case = _testcase(suite, board, "latency")
-        if result.latency_failure:
-            ET.SubElement(case, "failure", message=_x(result.latency_failure), type="latency").text = \
-                _x(f"budget {result.tolerances.max_latency_ms} ms: {result.latency_failure}")
-        suites.append(suite)
-    totals = [sum(c) for c in zip(*(_count(s) for s in suites))] or [0, 0, 0]
-    for key, value in zip(("tests", "failures", "errors"), totals):
-        root.set(key, str(value))
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def write_junit(result: VerifyResult, path: Path) -> None:
-    """JUnit XML: a testsuite per pair, a testcase per compared tensor (outputs, then layers)."""
-    _write_atomic(path, lambda: render_junit(result))
-
-
 # ---------------------------------------------------------------- HTML
 
 _CSS = """
@@ -266,15 +84,6 @@ tr.fail td{background:#fde4e4}tr.first td{background:#f9b9b9;font-weight:600}
 _W, _H, _L, _R, _T, _B = 1000, 260, 48, 12, 14, 30  # plot size and margins (viewBox units)
 _SERIES = (("±1 LSB", "#8ab4f8"), ("cosine", "#f4b400"))
 _E = html.escape
-_SEPARATOR = re.compile(r"(?<=[/._:-])(?=.)")
-
-
-def name_html(name: str) -> str:
-    """A tensor or node name, escaped, that wraps only after its separators (``/ . _ - :``):
-    ONNX names have no spaces, and a break in the middle of a word makes them unreadable."""
-    return '<span class="tname">' + "<wbr>".join(_E(part) for part in _SEPARATOR.split(name)) + "</span>"
-
-
 def _row(cells: Iterable[str], tag: str = "td", cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<tr{attr}>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"

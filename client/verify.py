@@ -37,14 +37,15 @@ from typing import Callable, Sequence
 
 from qverify.client import inputs as inputs_mod
 from qverify.client.agent_client import AgentError, BoardUnreachable
-from qverify.client.boards import BoardOptions, ensure_model, open_board, parse_board
+from qverify.client.boards import BoardSettings, ensure_model, open_board
 from qverify.client.modelfiles import ModelFileError, board_runtime, classify, load_onnx, pairing_problem
 from qverify.client.results import (
-    DECIDED_BY_ISOLATION, DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PASSED, PLAIN_LABEL, InputInfo,
-    PairResult, SideInfo, Tolerances, VerifyResult,
+    DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PLAIN_LABEL, InputInfo, PairResult, SideInfo,
+    Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors, tensor_order
+from qverify.client.verify_isolation import IsolationPass, decide
 
 Progress = Callable[[str], None]
 _RUNTIME_NAMES = {"openvino": "OpenVINO"}  # board runtimes whose model the host simulator cannot run
@@ -52,16 +53,10 @@ DIED_MID_RUN = "the board stopped answering during the run"
 
 
 @dataclass
-class VerifyOptions:
-    """Everything the CLI can set; the keyword arguments of :func:`verify`."""
+class VerifyOptions(BoardSettings):
+    """Everything the CLI can set; the keyword arguments of :func:`verify` (the board's
+    settings, port to timeout, are those of :class:`~qverify.client.boards.BoardSettings`)."""
     board: str | None = None
-    port: int | None = None
-    token: str | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None  # client certificate and key for an mTLS agent
-    tls_key: Path | None = None
-    transport: str = "sftp"
-    ssh: object | None = None  # SshOptions
     run_sim: bool | None = None  # None: on when a board runs a model.bin
     inputs: Sequence[str] = ()
     seed: int = 0
@@ -69,8 +64,6 @@ class VerifyOptions:
     ort_opt: str = "all"
     tolerances: Tolerances = field(default_factory=Tolerances)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    connect_timeout: float = 5.0
-    timeout: float = 300.0
     faults: Sequence[str] = ()  # embedded board only: --fault injections (tests, demos)
     host_cache: HostCache | None = None  # share onnxruntime/simulator results across boards (farm runs)
     repeat: int = 1  # plain runs of every frame on the board, compared bit for bit (hrt_model_exec's frame_count)
@@ -226,11 +219,8 @@ class Verification:
             "run (no dumps) is the board's answer, compared with quant.onnx in the plain pair")
 
     def _board_side(self, stack: contextlib.ExitStack, program) -> BoardSide:
-        host, port = parse_board(self.o.board, self.o.port)
-        options = BoardOptions(host=host, port=port, token=self.o.token, tls_ca=self.o.tls_ca, tls_cert=self.o.tls_cert,
-                               tls_key=self.o.tls_key,
-                               transport=self.o.transport, ssh=self.o.ssh, connect_timeout=self.o.connect_timeout,
-                               timeout=self.o.timeout, faults=list(self.o.faults))
+        options = self.o.board_options(self.o.board, list(self.o.faults))
+        host, port = options.host, options.port
         where = f"board {host}:{port}" if host else "the embedded emulated board (127.0.0.1)"
         self.say(f"connecting to {where}")
         client = stack.enter_context(open_board(options, program.target.name))
@@ -407,7 +397,7 @@ class Verification:
                 if (isolation is None and self.o.isolate == "auto" and not pair.passed and not pair.message
                         and b.label not in broken):  # beyond drift with a twin: find the layer
                     isolation = self._isolation(a, b, frames, program, broken)
-                self._decide(pair, isolation, broken.get(b.label, ""))
+                decide(pair, isolation, broken.get(b.label, ""))
         self.result.plain_pairs += [self._finish(comparer, a, b, broken)
                                     for (a, b, _), comparer in zip(plain_pairs, plain_comparers)]
         self.result.board_findings += checker.findings
@@ -415,85 +405,18 @@ class Verification:
 
     # ------------------------------------------------------------------ isolation
     def _isolation(self, onnx_side, board_side, frames: list, program, broken: dict[str, str]):
-        """Every frame: quant.onnx with every tensor, then every board layer fed its tensors.
-
-        Returns the IsolationJudge, or None when the board cannot be asked (an older agent,
-        the board died: then ``broken`` says why and names the layer it died in)."""
-        from qverify.client.isolation import IsolationJudge, batches, feeds_from, plan_groups
-
-        if not board_side.can_isolate:
-            self.result.notes.append(f"{board_side.label}: its agent does not isolate layers itself (no 'isolate' "
-                                     "capability); the model was rewired so each layer reads the reference's tensors "
-                                     "as inputs, and run whole")
-        judge = IsolationJudge(program)
-        limits = getattr(getattr(board_side.client, "agent_info", None), "limits", None)
-        budget = [getattr(limits, "max_message_bytes", 0) or (64 << 20)]
-        if not board_side.can_isolate:  # the feeds travel as the rewired program's inputs
-            budget.append(getattr(limits, "max_input_bytes", 0) or (64 << 20))
-        max_bytes = max(1 << 20, min(budget) // 4)
-        for number, frame in enumerate(frames):
-            self.say(f"isolation, frame {number + 1}/{len(frames)}: every layer of the board on "
-                     f"{onnx_side.label}'s tensors")
-            reference = self._reference_all(onnx_side, frame, number).tensors
-            feeds = feeds_from(program, reference)
-            groups = plan_groups(program, set(feeds))
-            try:
-                isolated = board_side.run_isolated(frame, batches(program, groups, feeds, max_bytes))
-            except AgentError as exc:
-                if not _died_during_run(exc):
-                    raise
-                broken[board_side.label] = _death_message(exc, program) + " (in an isolated run)"
-                broken[PLAIN_LABEL] = broken[board_side.label]
-                self._note_death(board_side, exc, program, always=True)
-                return judge
-            judge.add_frame(isolated.tensors, reference, groups)
-        return judge
-
-    def _reference_all(self, onnx_side, frame, number: int) -> SideOutput:
-        """quant.onnx with every tensor exposed, shared across boards when a host cache is given."""
-        if self.o.host_cache is None:
-            return onnx_side.run(frame, True, consistent=True)
-        key = ("onnx-all", _sha(self.files.onnx), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed, number,
+        """The isolation pass (:mod:`~qverify.client.verify_isolation`) of quant.onnx vs the board."""
+        key = ("onnx-all", _sha(self.files.onnx), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed,
                self.o.ort_opt)
-        return self.o.host_cache.get(key, lambda: onnx_side.run(frame, True, consistent=True))
+        return IsolationPass(program, self.say, self.result.notes, self.o.host_cache, key,
+                             lambda side, exc: self._isolation_death(side, exc, program)).run(
+            onnx_side, board_side, frames, broken)
 
-    def _decide(self, pair: PairResult, isolation, dead: str) -> None:
-        """A tolerance pair: isolation decides when it ran; accumulated drift is then reported, not judged."""
-        if isolation is None or dead:  # a board that died in isolation was judged there
-            pair.decided_by = DECIDED_BY_ISOLATION if isolation is not None else DECIDED_BY_OUTPUTS
-            return
-        pair.decided_by = DECIDED_BY_ISOLATION
-        pair.isolation = isolation.ordered
-        first = isolation.first_wrong
-        failing = [t for t in pair.outputs + pair.layers if not t.passed]
-        if first is not None:
-            tensor = self.result_tensor(first, pair)
-            pair.status, pair.first_divergent = FAILED, tensor
-        elif pair.message:  # a missing output, a dead board: not drift
-            return
-        else:
-            if failing:
-                worst = failing[0]
-                pair.drift = (f"accumulated drift, not judged: {len(failing)} tensor(s) beyond the output rules "
-                              f"(first {worst.name}: {worst.reason}), while every layer is within its bound in "
-                              "isolation")
-            pair.status, pair.first_divergent = PASSED, None
-
-    @staticmethod
-    def result_tensor(layer, pair: PairResult):
-        """The entire-run figures of an isolated layer's tensor, or a row made from its isolated figures."""
-        from qverify.client.results import TensorResult
-
-        for t in pair.outputs + pair.layers:
-            if t.name == layer.tensor:
-                return TensorResult(**{**t.__dict__, "passed": False,
-                                       "reason": f"{layer.reason} (entire run: {t.reason})"})
-        return TensorResult(name=layer.tensor, kind="layer", index=layer.index, producer=layer.node,
-                            op=layer.onnx_op, placement="cpu" if layer.kind == "cpu" else "npu", shape=[],
-                            elements=layer.elements, scale=None, max_abs_diff=0.0, within_digits=0,
-                            exact=layer.elements - layer.off_by_one - layer.beyond_one, off_by_one=layer.off_by_one,
-                            beyond_one=layer.beyond_one, max_lsb=layer.max_lsb, cosine=layer.cosine, passed=False,
-                            reason=layer.reason)
+    def _isolation_death(self, side, exc: AgentError, program) -> str | None:
+        if not _died_during_run(exc):
+            return None
+        self._note_death(side, exc, program, always=True)
+        return _death_message(exc, program)
 
     def _finish(self, comparer: PairComparer, a: str, b: str, broken: dict[str, str]) -> PairResult:
         pair = comparer.finish()

@@ -1,7 +1,6 @@
 """Terminal rendering (rich) of compile results, model info and the demo."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -9,22 +8,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qverify.client.term_tables import _UNSAFE_CHARS, _visible, rows_table, short_name
 from qverify.v1 import model_pb2
 
 _console = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)
 
-# What a model file or a board says is data, never markup or terminal control: C0/C1 controls
-# (ESC starts ANSI sequences), DEL, zero-width and bidirectional overrides are shown as escapes.
-_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 NAME_LIMIT = 200      # characters of one name shown in a table cell
 SHAPE_LIMIT = 8       # dimensions shown before a shape is summarised
 INFO_LAYER_ROWS = 200  # layers listed by `qverify info` (--json has them all)
-
-
-def _visible(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
@@ -39,6 +31,13 @@ def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
 def _literal(value: object) -> str:
     """Text from a model or a board, printed as it is (markup escaped, control characters visible), uncut."""
     return safe_text(value, None)
+
+
+def _named(name: str) -> str:
+    """A name from a model for a table cell: at most ``NAME_LIMIT`` characters, shortened between its
+    tokens when it can be (a name of one huge token is cut, with an ellipsis)."""
+    name = short_name(name, NAME_LIMIT)
+    return name if len(name) <= NAME_LIMIT else name[: NAME_LIMIT - 1] + "…"
 
 
 def dims_text(dims, sep: str = "x", limit: int = SHAPE_LIMIT) -> str:
@@ -105,9 +104,9 @@ def _shape(info: model_pb2.TensorInfo) -> str:
 
 
 def _quant(info: model_pb2.TensorInfo) -> str:
-    if info.dtype != model_pb2.INT8:
-        return safe_text(model_pb2.DataType.Name(info.dtype).lower() if info.dtype in model_pb2.DataType.values()
-                         else f"dtype {info.dtype}")
+    if info.dtype != model_pb2.INT8:  # plain text: the tables print it without markup
+        return (model_pb2.DataType.Name(info.dtype).lower() if info.dtype in model_pb2.DataType.values()
+                else f"dtype {info.dtype}")
     text = f"s={info.quant.scale:.4g} zp={info.quant.zero_point}"
     if info.onnx_dtype == 2:  # held as int8, uint8 in the ONNX model: show its own zero point too
         text += f" (u8 {info.quant.zero_point + 128})"
@@ -125,18 +124,15 @@ def print_info(program, path: Path, max_layers: int = INFO_LAYER_ROWS) -> None:
                    f"{safe_text(target.name)} (NHWC, C%{target.c_align}, W%{target.w_align}, "
                    f"{safe_text(target.rounding)} rounding)  from {safe_text(proto.source_format)} "
                    f"ONNX sha256 {safe_text(proto.source_sha256[:12])}…", soft_wrap=True)
-    io = Table(title="inputs and outputs", show_lines=False)
-    for col in ("", "name", "board feed", "logical", "quant", "ONNX tensor"):
-        io.add_column(col, overflow="fold")
-    for item in summary["inputs"]:
-        info = tensors[item["name"]]
-        io.add_row("in", safe_text(item["name"]), f"{safe_text(item['dtype'])}[{dims_text(item['feed_shape'], ',')}]",
-                   _shape(info), _quant(info), safe_text(item["onnx_input"]))
-    for item in summary["outputs"]:
-        info = tensors[item["name"]]
-        io.add_row("out", safe_text(item["name"]), f"{safe_text(item['dtype'])}[{dims_text(info.shape, ',')}]",
-                   _shape(info), _quant(info), safe_text(item["onnx_output"]))
-    _console.print(io)
+    io = [["in", _named(item["name"]), f"{item['dtype']}[{dims_text(item['feed_shape'], ',')}]",
+           _shape(tensors[item["name"]]), _quant(tensors[item["name"]]), _named(item["onnx_input"])]
+          for item in summary["inputs"]]
+    io += [["out", _named(item["name"]), f"{item['dtype']}[{dims_text(tensors[item['name']].shape, ',')}]",
+            _shape(tensors[item["name"]]), _quant(tensors[item["name"]]), _named(item["onnx_output"])]
+           for item in summary["outputs"]]
+    rows_table(_console, "inputs and outputs", ("", "name", "board feed", "logical", "quant", "ONNX tensor"), io,
+                names=(1, 5), stack=lambda i: [f"{io[i][0]} {io[i][1]}", f"board feed {io[i][2]} · logical "
+                                               f"{io[i][3]} · {io[i][4]} · ONNX {io[i][5]}"])
     for pre in summary["preprocess"]:
         _console.print(f"preprocess: board takes uint8 {safe_text(pre['color'])} NHWC "
                        f"{list_text(pre['image_shape'])}, model channels {safe_text(pre['model_color'])}, "
@@ -144,21 +140,25 @@ def print_info(program, path: Path, max_layers: int = INFO_LAYER_ROWS) -> None:
     nodes = program.nodes
     cpu = sum(n.on_cpu for n in nodes)
     shown = nodes[:max_layers]
-    layers = Table(title=f"layers ({len(nodes)}, {cpu} on cpu)"
-                   + (f", the first {len(shown)} listed" if len(shown) < len(nodes) else ""))
-    for col in ("#", "node", "op", "onnx op", "on", "output", "logical", "aligned", "quant"):
-        layers.add_column(col, overflow="fold")
+    rows = []
     for index, node in enumerate(shown):
         for k, out in enumerate(node.outputs[:SHAPE_LIMIT]):
             info = tensors[out]
-            first = k == 0
-            layers.add_row(str(index) if first else "", safe_text(node.name) if first else "",
-                           safe_text(node.op) if first else "", safe_text(node.onnx_op) if first else "",
-                           ("cpu" if node.on_cpu else "npu") if first else "", safe_text(out), _shape(info),
-                           f"{safe_text(info.aligned_layout)} {dims_text(info.aligned_shape)}", _quant(info))
+            head = [str(index), _named(node.name), node.op, node.onnx_op, "cpu" if node.on_cpu else "npu"]
+            rows.append((head if k == 0 else [""] * 5) + [
+                _named(out), _shape(info), f"{info.aligned_layout} {dims_text(info.aligned_shape)}", _quant(info)])
         if len(node.outputs) > SHAPE_LIMIT:
-            layers.add_row("", "", "", "", "", f"... {len(node.outputs) - SHAPE_LIMIT} more outputs", "", "", "")
-    _console.print(layers)
+            rows.append([""] * 5 + [f"... {len(node.outputs) - SHAPE_LIMIT} more outputs", "", "", ""])
+
+    def stack(i: int) -> list[str]:
+        row = rows[i]
+        first = f"{row[0]} {row[1]}  {row[2]} ({row[3]}) on {row[4]}" if row[0] else ""
+        return [first, " · ".join(cell for cell in row[5:] if cell)]
+
+    rows_table(_console, f"layers ({len(nodes)}, {cpu} on cpu)"
+                + (f", the first {len(shown)} listed" if len(shown) < len(nodes) else ""),
+                ("#", "node", "op", "onnx op", "on", "output", "logical", "aligned", "quant"), rows, names=(1, 5),
+                stack=stack, right=(0,))
     if len(shown) < len(nodes):
         _console.print(f"… {len(nodes) - len(shown)} more layers; qverify info --json lists them all")
 
@@ -192,18 +192,12 @@ def print_demo(result) -> None:
     sys.stdout.flush()
 
 
-def _short(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2):]
-
-
 def print_verify(result, top: int = 8, findings: int = 10) -> None:
     """A table per pair (outputs, then the least agreeing layers), the board's differences with
     itself (at most ``findings`` of them), then one verdict line per pair and one for the board's runs.
 
     A bit-exact pair that passed has no table: every row would read 100 %, and its verdict line
     says it all."""
-    from rich.markup import escape
-
     colour = {"PASSED": "green", "FAILED": "red", "MISMATCHED": "yellow", "ERROR": "red"}
     for note in result.notes:
         _console.print(f"[yellow]note:[/yellow] {_literal(note)}")
@@ -217,20 +211,21 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
             worst.append(pair.first_divergent)
         if not rows and not worst:
             continue
-        table = Table(title=f"{_literal(pair.a)} vs {_literal(pair.b)} ({pair.criterion})", title_justify="left")
-        table.add_column("tensor", overflow="fold", ratio=3)
-        table.add_column("op")
-        table.add_column("max |diff|", justify="right")
-        table.add_column(f"≤1e-{pair.digits}", justify="right")
-        table.add_column("LSB =/±1/>1", justify="right")
-        table.add_column("cosine", justify="right")
-        table.add_column("", justify="center")
-        for t in rows + sorted(worst, key=lambda t: t.index):
-            ok = "[green]ok[/]" if t.passed else "[red]FAIL[/]"
-            table.add_row(_literal(_short(t.name)), _literal(t.op or t.kind), f"{t.max_abs_diff:.3g}",
-                          f"{100 * t.digits_fraction:.1f}%", f"{t.exact}/{t.off_by_one}/{t.beyond_one}",
-                          f"{t.cosine:.5f}", ok)
-        _console.print(table)
+        shown = rows + sorted(worst, key=lambda t: t.index)
+        cells = [[t.name, t.op or t.kind, f"{t.max_abs_diff:.3g}", f"{100 * t.digits_fraction:.1f}%",
+                  f"{t.exact}/{t.off_by_one}/{t.beyond_one}", f"{t.cosine:.5f}", "ok" if t.passed else "FAIL"]
+                 for t in shown]
+        digits = f"≤1e-{pair.digits}"
+
+        def stack(i: int, shown: list = shown, cells: list = cells, digits: str = digits) -> list[str]:
+            t, c = shown[i], cells[i]
+            return [t.name, f"exact {t.exact} · ±1 {t.off_by_one} · >1 {t.beyond_one} · max {t.max_lsb} LSB · "
+                            f"cos {c[5]} · {'PASS' if t.passed else 'FAIL'}",
+                    f"{c[1]} · max |diff| {c[2]} · {digits} {c[3]}"]
+
+        rows_table(_console, f"{pair.a} vs {pair.b} ({pair.criterion})",
+                    ("tensor", "op", "max |diff|", digits, "LSB =/±1/>1", "cosine", ""), cells, names=(0,),
+                    stack=stack, styles=[None if t.passed else "red" for t in shown], right=(2, 3, 4, 5))
         if pair.layers and len(pair.layers) > len(worst):
             _console.print(f"[dim]{len(pair.layers)} layers compared, the {len(worst)} least agreeing shown; "
                            "--html plots them all along the network[/dim]")
@@ -258,20 +253,19 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
 
 def _print_isolation(pair) -> None:
     """Entire vs isolated error of the worst layers (wrong ones first), and the drift note."""
-    from rich.markup import escape
-    from rich.table import Table
-
     from qverify.client import isolation_views
 
     if not pair.isolation:
         return
-    table = Table(title=f"{pair.a} vs {pair.b}: layers in isolation (fed {pair.a}'s inputs)", title_justify="left")
-    for head in ("layer", "op", "entire", "isolated", ""):
-        table.add_column(head, overflow="fold")
-    for row in isolation_views.terminal_rows(pair):
-        style = "red" if row[-1] == "WRONG" else None
-        table.add_row(*(_literal(cell) for cell in row), style=style)
-    _console.print(table)
+    rows = isolation_views.terminal_rows(pair)
+
+    def stack(i: int) -> list[str]:
+        layer, op, entire, isolated, verdict = rows[i]
+        return [f"{layer}  {op}", f"entire {entire} · isolated {isolated} · {verdict}"]
+
+    rows_table(_console, f"{pair.a} vs {pair.b}: layers in isolation (fed {pair.a}'s inputs)",
+                ("layer", "op", "entire", "isolated", ""), rows, names=(0,), stack=stack,
+                styles=["red" if row[-1] == "WRONG" else None for row in rows])
     if pair.drift:
         _console.print(f"[yellow]{_literal(pair.drift)}[/yellow]", soft_wrap=True)
 

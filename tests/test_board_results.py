@@ -22,7 +22,7 @@ import synthetic
 from agent_harness import agent_pool  # noqa: F401  (fixture)
 from qverify.agent.faults import parse_fault
 from qverify.client.cli import main
-from qverify.client.farm_reports import verify_result_from_dict
+from qverify.client.farm.reports import verify_result_from_dict
 from qverify.client.reports import render_html
 from qverify.simulator import load
 from qverify.simulator.compiler import compile_model

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from rich.console import Console
 
-from qverify.client import farm_history
-from qverify.client.farm_history import History, default_db_path, parse_since, render_report, report_json
-from qverify.client.farm_model import (CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
+from qverify.client.farm import history as farm_history
+from qverify.client.farm.history import History, default_db_path, parse_since, render_report, report_json
+from qverify.client.farm.outcomes import (CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
                                        Regression)
 
 T0 = datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc)
@@ -198,8 +198,8 @@ def test_pairs_are_compared_with_their_own_history(history):
 _WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from qverify.client.farm_history import History
-    from qverify.client.farm_model import FarmResult, JobResult, Latency
+    from qverify.client.farm.history import History
+    from qverify.client.farm.outcomes import FarmResult, JobResult, Latency
     path, tag, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     while not go.exists():
         time.sleep(0.005)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from qverify.client.cli import main
-from qverify.client.farm_history import History
-from qverify.client.farm_inventory import (BOARD_KEYS, MODEL_KEYS, SETTINGS_KEYS, InventoryError, json_schema,
+from qverify.client.farm.history import History
+from qverify.client.farm.inventory import (BOARD_KEYS, MODEL_KEYS, SETTINGS_KEYS, InventoryError, json_schema,
                                            load_inventory)
-from qverify.client.farm_model import CONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency
+from qverify.client.farm.outcomes import CONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency
 
 GOOD = """\
 [settings]

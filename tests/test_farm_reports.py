@@ -14,8 +14,8 @@ import pytest
 
 import qverify
 import synthetic
-from qverify.client import farm_reports
-from qverify.client.farm_model import (CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
+from qverify.client.farm import reports as farm_reports
+from qverify.client.farm.outcomes import (CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
                                        Regression)
 from qverify.simulator import load
 from qverify.simulator.compiler import compile_model

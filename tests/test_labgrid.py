@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from labgrid_harness import BARE_PLACE, USER, labgrid_farm, lg_farm, require_labgrid  # noqa: F401  (fixtures)
-from qverify.client.labgrid_places import LabgridError, PlaceBusy, PlaceTarget, reserved_place
+from qverify.client.farm.labgrid_places import LabgridError, PlaceBusy, PlaceTarget, reserved_place
 
 BOUND_S = 120.0  # upper bound for any wait in these tests: they must end, not be fast
 
@@ -30,7 +30,7 @@ BOUND_S = 120.0  # upper bound for any wait in these tests: they must end, not b
 HOLDER = r"""
 import sys, time
 from pathlib import Path
-from qverify.client.labgrid_places import PlaceBusy, reserved_place
+from qverify.client.farm.labgrid_places import PlaceBusy, reserved_place
 
 coordinator, place, out, wait_s, hold = sys.argv[1:6]
 out = Path(out)

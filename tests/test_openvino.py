@@ -327,8 +327,8 @@ def test_a_fault_in_a_wrapped_backend_is_caught_by_isolation_and_named(ov_files,
 
 
 def test_an_openvino_board_runs_in_a_farm(ov_agent, ov_files, tmp_path):
-    from qverify.client.farm_inventory import load_inventory
-    from qverify.client.farm_runner import run_farm
+    from qverify.client.farm.inventory import load_inventory
+    from qverify.client.farm.runner import run_farm
 
     onnx_path, model_ov, inputs = ov_files("small_cnn")
     inventory = tmp_path / "farm.toml"

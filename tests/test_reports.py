@@ -302,9 +302,9 @@ def test_writer_into_a_missing_directory_creates_nothing(tmp_path: Path, passing
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("writer, target", [(reports.write_json, "json.dumps"),
-                                            (reports.write_junit, "ET.tostring"),
-                                            (reports.write_html, "_figures")])
+@pytest.mark.parametrize("writer, target", [(reports.write_json, "reports.json.dumps"),
+                                            (reports.write_junit, "report_junit.ET.tostring"),
+                                            (reports.write_html, "reports._figures")])
 def test_writer_failing_midway_leaves_the_old_file_and_no_temp(tmp_path: Path, passing: VerifyResult,
                                                                monkeypatch, writer, target) -> None:
     path = tmp_path / "report"
@@ -313,7 +313,7 @@ def test_writer_failing_midway_leaves_the_old_file_and_no_temp(tmp_path: Path, p
     def boom(*args, **kwargs):
         raise RuntimeError("serializer failed")
 
-    monkeypatch.setattr(f"qverify.client.reports.{target}", boom)
+    monkeypatch.setattr(f"qverify.client.{target}", boom)
     with pytest.raises(RuntimeError, match="serializer failed"):
         writer(passing, path)
     assert list(tmp_path.iterdir()) == [path] and path.read_text(encoding="utf-8") == "previous report"

@@ -19,15 +19,6 @@ from qverify.simulator.compiler import compile_model
 from qverify.simulator.modelfile import save
 
 
-@pytest.fixture(scope="module", autouse=True)
-def commands_registered():
-    """The commands as `qverify` has them (registered here if the CLI does not do it itself)."""
-    # The CLI's own registration (run, perf, board and farm): registering only exec_commands here
-    # would make it skip the farm commands for every later test in the same session.
-    cli._register_exec_commands()
-    yield
-
-
 def _rename_tensors(path: Path, out: Path, rename) -> Path:
     """The quantized ONNX model with every tensor renamed (names holding '/', ':' like exported graphs)."""
     model = onnx.load(str(path))

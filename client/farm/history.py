@@ -43,7 +43,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from qverify.client.farm_model import CONSISTENT, INCONSISTENT, INFRA, FarmResult, Regression
+from qverify.client.farm.outcomes import CONSISTENT, INCONSISTENT, INFRA, FarmResult, Regression
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -74,7 +74,7 @@ def default_db_path() -> Path:
     """``history.sqlite3`` in the user's data folder for qverify (platformdirs: ``$XDG_DATA_HOME/qverify``
     or ``~/.local/share/qverify`` on Linux, ``~/Library/Application Support/qverify`` on macOS,
     ``%LOCALAPPDATA%\\qverify`` on Windows)."""
-    import platformdirs  # host side only; imported here so that `import farm_history` stays cheap
+    import platformdirs  # host side only; imported here so that importing this module stays cheap
 
     return platformdirs.user_data_path("qverify", appauthor=False) / "history.sqlite3"
 
@@ -362,7 +362,7 @@ def render_report_html(history: History, since: datetime) -> str:
     sparklines of every pair, as one self-contained page (the farm run page's style)."""
     from html import escape as e
 
-    from qverify.client.farm_trend import history_page
+    from qverify.client.farm.trend import history_page
 
     data = report_json(history, since)
     runs = data["runs"]

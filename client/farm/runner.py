@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from qverify.client.boards import client_cert
-from qverify.client.farm_inventory import BoardEntry, Inventory, ModelEntry
-from qverify.client.farm_model import (
+from qverify.client.boards import BoardSettings, client_cert
+from qverify.client.farm.inventory import BoardEntry, Inventory, ModelEntry
+from qverify.client.farm.outcomes import (
     CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
 )
 
@@ -41,7 +41,7 @@ def _infra_errors() -> tuple[type[BaseException], ...]:
 
         errors: list[type[BaseException]] = [AgentError, SshError, SideError, OSError]
         try:
-            from qverify.client.labgrid_places import LabgridError
+            from qverify.client.farm.labgrid_places import LabgridError
 
             errors.append(LabgridError)
         except ImportError:  # pragma: no cover - the module ships with qverify
@@ -54,6 +54,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def board_settings(board: BoardEntry, ssh_user: str | None, ssh_port: int | None, timeout: float) -> BoardSettings:
+    """How ``verify`` reaches the board: the SSH user and port are those the entry or its labgrid
+    place gives, the timeout the job's."""
+    from qverify.client.ssh import SshOptions
+
+    return BoardSettings(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, tls_cert=board.tls_cert,
+                         tls_key=board.tls_key, transport=board.transport,
+                         ssh=SshOptions(user=ssh_user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts,
+                                        connect_timeout=board.connect_timeout_s),
+                         connect_timeout=board.connect_timeout_s, timeout=timeout)
+
+
 @contextlib.contextmanager
 def board_address(board: BoardEntry, wait_s: float) -> Iterator[tuple[str, str | None, int | None]]:
     """(host, SSH user, SSH port) of the board; for a labgrid place (its NetworkService), reserved
@@ -61,7 +73,7 @@ def board_address(board: BoardEntry, wait_s: float) -> Iterator[tuple[str, str |
     if board.place is None:
         yield board.host, board.ssh_user, board.ssh_port
         return
-    from qverify.client.labgrid_places import reserved_place
+    from qverify.client.farm.labgrid_places import reserved_place
 
     with reserved_place(board.place, board.coordinator, wait_s=wait_s) as target:
         yield target.address, board.ssh_user or target.username, board.ssh_port or target.port
@@ -181,19 +193,15 @@ class FarmRun:
              model: ModelEntry) -> JobResult:
         import qverify
         from qverify.client.results import MISMATCHED, Tolerances
-        from qverify.client.ssh import SshOptions
 
         start = time.perf_counter()
         timeout = model.timeout_s or self.settings.timeout_s
         files = [model.onnx, model.bin] if model.onnx else [model.bin]
-        options = dict(port=board.agent_port, token=board.token(), tls_ca=board.tls_ca, tls_cert=board.tls_cert,
-                       tls_key=board.tls_key, transport=board.transport,
-                       ssh=SshOptions(user=user, key=board.ssh_key, port=ssh_port, known_hosts=board.known_hosts,
-                                      connect_timeout=board.connect_timeout_s),
+        options = dict(**board_settings(board, user, ssh_port, timeout).as_kwargs(),
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),
-                       connect_timeout=board.connect_timeout_s, timeout=timeout, host_cache=self.host_cache)
+                       host_cache=self.host_cache)
         result, error, attempts = self._retrying(lambda: qverify.verify(files, host, **options))
         # A board that stops answering in the middle of a run may have crashed (its fault) or
         # lost the network (the lab's): run again; dying every time is the board's answer.

@@ -1,4 +1,4 @@
-"""Report files for a farm run (:class:`~qverify.client.farm_model.FarmResult`): JSON, JUnit XML, HTML.
+"""Report files for a farm run (:class:`~qverify.client.farm.outcomes.FarmResult`): JSON, JUnit XML, HTML.
 
 Like the single-verification writers in :mod:`qverify.client.reports`, nothing is ever left
 half-written: files are rendered into temporary files beside the target and renamed into
@@ -22,9 +22,12 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from qverify.client import reports
-from qverify.client.farm_model import CONSISTENT, INCONSISTENT, INFRA, FarmResult, JobResult, Regression
 from qverify.client.dumpfiles import write_text_atomic
-from qverify.client.farm_trend import trend_section as _trend
+from qverify.client.farm.outcomes import CONSISTENT, INCONSISTENT, INFRA, FarmResult, JobResult, Regression
+from qverify.client.farm.trend import PAGE_CSS as _CSS
+from qverify.client.farm.trend import html_row as _row
+from qverify.client.farm.trend import html_table as _table
+from qverify.client.farm.trend import trend_section as _trend
 from qverify.client.reports import finite as _finite
 from qverify.client.reports import xml_text as _x
 from qverify.client.results import (InputInfo, PairResult, SideInfo, TensorResult, Tolerances,
@@ -224,26 +227,7 @@ def pair_file_names(result: FarmResult) -> dict[tuple[str, str], str]:
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:90em;padding:0 1em;color:#222}
-.badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff;font-weight:700;font-size:.7em;vertical-align:middle}
-.v0{background:#1a7f37}.v1{background:#c62828}.v2,.v3{background:#b35c00}
-table{border-collapse:collapse;margin:.4em 0 1em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
-td.consistent{background:#d4f4dc}td.inconsistent{background:#f9c5c5}td.infra{background:#e6e0d8;color:#7a4a00}
-td.empty{background:#fff}td.cell a{color:inherit;display:block}.small{font-size:.85em;color:#555}
-tr.offline td{background:#fbefe2}svg.spark{width:180px;height:40px;vertical-align:middle}
-"""
 _VERDICT = {0: "CONSISTENT", 1: "INCONSISTENT", 3: "INFRASTRUCTURE"}
-
-
-def _row(cells: Iterable[str], cls: str = "") -> str:
-    return (f'<tr class="{cls}">' if cls else "<tr>") + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-
-def _table(head: Iterable[str], rows: list[str]) -> str:
-    th = "".join(f"<th>{_E(h)}</th>" for h in head)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _header(r: FarmResult) -> str:

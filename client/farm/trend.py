@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 from html import escape as _E
-from typing import Any
+from typing import Any, Iterable
 
-from qverify.client.farm_model import CONSISTENT, INCONSISTENT, INFRA
+from qverify.client.farm.outcomes import CONSISTENT, INCONSISTENT, INFRA
 
 __all__ = ["DOT", "trend_section", "history_page"]
 
@@ -17,16 +17,27 @@ DOT = {CONSISTENT: "#1f4e99", INCONSISTENT: "#c62828", INFRA: "#b35c00"}
 _DOT = DOT
 
 
-def _table(head: Any, rows: list[str]) -> str:
-    from qverify.client.farm_reports import _table as table
+# The page style and table cells of both HTML pages (the farm run's and the history's); the run's
+# report imports them from here, so neither module imports the other.
+PAGE_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em auto;max-width:90em;padding:0 1em;color:#222}
+.badge{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff;font-weight:700;font-size:.7em;vertical-align:middle}
+.v0{background:#1a7f37}.v1{background:#c62828}.v2,.v3{background:#b35c00}
+table{border-collapse:collapse;margin:.4em 0 1em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
+td.consistent{background:#d4f4dc}td.inconsistent{background:#f9c5c5}td.infra{background:#e6e0d8;color:#7a4a00}
+td.empty{background:#fff}td.cell a{color:inherit;display:block}.small{font-size:.85em;color:#555}
+tr.offline td{background:#fbefe2}svg.spark{width:180px;height:40px;vertical-align:middle}
+"""
 
-    return table(head, rows)
+
+def html_row(cells: Iterable[str], cls: str = "") -> str:
+    return (f'<tr class="{cls}">' if cls else "<tr>") + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
-def _row(cells: Any, cls: str = "") -> str:
-    from qverify.client.farm_reports import _row as row
-
-    return row(cells, cls)
+def html_table(head: Iterable[str], rows: list[str]) -> str:
+    th = "".join(f"<th>{_E(h)}</th>" for h in head)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
@@ -81,24 +92,22 @@ def trend_section(trend: list[dict[str, Any]] | None) -> str:
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in sorted(trend, key=lambda row: str(row.get("started", ""))):
         series.setdefault((str(row.get("board", "")), str(row.get("model", ""))), []).append(row)
-    rows = [_row([_E(b), _E(m), str(len(rs)), _sparkline(rs, "latency_median_ms", "latency median", " ms"),
+    rows = [html_row([_E(b), _E(m), str(len(rs)), _sparkline(rs, "latency_median_ms", "latency median", " ms"),
                   _sparkline(rs, "min_exact_fraction", "min exact fraction")]) for (b, m), rs in series.items()]
     return ('<h2>Trend</h2><p class="small">oldest left, newest right; red: inconsistent run, orange: '
             "infrastructure failure; dashed orange bar: a run without a value, e.g. the board was offline</p>"
-            + _table(["board", "model", "runs", "latency median", "min exact fraction"],
+            + html_table(["board", "model", "runs", "latency median", "min exact fraction"],
                                                    rows))
 
 
 def history_page(head: str, pairs: list[list[str]], regressions: list[list[str]],
                  trend: list[dict[str, Any]]) -> str:
     """The page of ``qverify farm report --html``: ``head`` (HTML), then tables of plain-text cells."""
-    from qverify.client.farm_reports import _CSS, _row, _table
-
-    body = "\n".join([head, "<h2>Pairs</h2>", _table(
+    body = "\n".join([head, "<h2>Pairs</h2>", html_table(
         ["board", "model", "runs", "consistent", "inconsistent", "infra", "last outcome", "last good run",
-         "latency median", "regressions"], [_row(map(_E, r)) for r in pairs]) if pairs else "<p>no jobs recorded</p>",
-        "<h2>Regressions</h2>" + (_table(["run started", "board", "model", "kind", "what", "last good run"],
-                                         [_row(map(_E, r)) for r in regressions]) if regressions else "<p>none</p>"),
+         "latency median", "regressions"], [html_row(map(_E, r)) for r in pairs]) if pairs else "<p>no jobs recorded</p>",
+        "<h2>Regressions</h2>" + (html_table(["run started", "board", "model", "kind", "what", "last good run"],
+                                         [html_row(map(_E, r)) for r in regressions]) if regressions else "<p>none</p>"),
         trend_section(trend)])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>qverify farm history</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+            f"<style>{PAGE_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

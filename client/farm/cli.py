@@ -60,16 +60,22 @@ class LiveProgress:
 
 
 def print_farm(result) -> None:
-    table = Table(title=f"farm run {result.run_id}", title_justify="left")
-    for column in ("board", "model", "outcome", "attempts", "first divergent layer", "latency median", "detail"):
-        table.add_column(column, overflow="fold")
-    for job in result.jobs:
-        colour = COLOURS[job.outcome]
-        latency = f"{job.latency.median_ms:.2f} ms" if job.latency else ""
-        detail = job.message if job.outcome == "infra" else ""  # inconsistent: the layer column says where
-        table.add_row(escape(job.board), escape(job.model), f"[{colour}]{job.outcome}[/]", str(job.attempts),
-                      escape(job.first_divergent), latency, escape(detail[:300]))
-    _out.print(table)
+    """One row per pair; figures are never cut, names give way, and narrow terminals get stacked rows."""
+    from qverify.client.term_tables import rows_table
+
+    rows = [[job.board, job.model, job.outcome, str(job.attempts), job.first_divergent,
+             f"{job.latency.median_ms:.2f} ms" if job.latency else ""] for job in result.jobs]
+
+    def stacked(i: int) -> list[str]:
+        return [f"{rows[i][0]} / {rows[i][1]}",
+                " · ".join(c for c in (rows[i][2], f"attempts {rows[i][3]}", rows[i][4], rows[i][5]) if c)]
+
+    rows_table(_out, f"farm run {result.run_id}",
+               ("board", "model", "outcome", "attempts", "first divergent layer", "latency median"), rows,
+               names=(0, 1, 4), right=(3, 5), styles=[COLOURS[job.outcome] for job in result.jobs], stack=stacked)
+    for job in result.jobs:  # free text wraps under the table instead of widening it
+        if job.outcome == "infra" and job.message:
+            _out.print(f"[yellow]{escape(job.board)} / {escape(job.model)}:[/yellow] {escape(job.message[:300])}")
     for board in result.boards:
         if not board.online:
             _out.print(f"[yellow]board {escape(board.name)} offline:[/yellow] {escape(board.error)}")
@@ -114,9 +120,9 @@ def run_command(
                                                  "consistent (JUnit marks latency regressions as failures)"),
 ) -> None:
     """Run every (board, model) pair of the inventory; exit code = the worst outcome."""
-    from qverify.client.cli import EXIT_BAD_INPUT, Failure
-    from qverify.client.farm_inventory import load_inventory
-    from qverify.client.farm_runner import run_farm
+    from qverify.client.errors import EXIT_BAD_INPUT, Failure
+    from qverify.client.farm.inventory import load_inventory
+    from qverify.client.farm.runner import run_farm
 
     for out in (json_out, junit_out, html_out):
         if out is not None and not out.parent.exists():
@@ -128,7 +134,7 @@ def run_command(
         result = run_farm(inv, jobs, progress)
     trend = None
     if not no_db:
-        from qverify.client.farm_history import History, default_db_path
+        from qverify.client.farm.history import History, default_db_path
 
         with History(db or default_db_path()) as history:
             pct = latency_pct if latency_pct is not None else inv.settings.latency_regression_pct
@@ -136,7 +142,7 @@ def run_command(
             history.record(result)
             trend = history.trend()
     if json_out or junit_out or html_out:
-        from qverify.client import farm_reports
+        from qverify.client.farm import reports as farm_reports
 
         if json_out:
             farm_reports.write_farm_json(result, json_out)
@@ -163,8 +169,8 @@ def report_command(
     """Trends and regressions of recorded farm runs."""
     import json
 
-    from qverify.client.cli import EXIT_BAD_INPUT, Failure
-    from qverify.client.farm_history import (History, default_db_path, parse_since, render_report,
+    from qverify.client.errors import EXIT_BAD_INPUT, Failure
+    from qverify.client.farm.history import (History, default_db_path, parse_since, render_report,
                                              render_report_html, report_json)
 
     try:
@@ -193,7 +199,7 @@ def check_command(
     json_out: bool = typer.Option(False, "--json", help="print the pairs as JSON"),
 ) -> None:
     """Validate the inventory (every error at once) and list the (board, model) pairs, without running."""
-    from qverify.client.farm_inventory import load_inventory
+    from qverify.client.farm.inventory import load_inventory
 
     inv = load_inventory(inventory)
     pairs = inv.pairs()
@@ -220,6 +226,6 @@ def check_command(
 @farm_app.command("schema")
 def schema_command() -> None:
     """Print the inventory's JSON Schema (qverify farm schema > farm.schema.json), for editors."""
-    from qverify.client.farm_inventory import json_schema
+    from qverify.client.farm.inventory import json_schema
 
     sys.stdout.write(json_schema())
