@@ -27,16 +27,15 @@ bad files raise :class:`~qverify.client.modelfiles.ModelFileError` or
 from __future__ import annotations
 
 import contextlib
-import functools
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from qverify.client import inputs as inputs_mod
-from qverify.client.agent_client import AgentError, BoardUnreachable
+from qverify.client.agent_client import AgentError
 from qverify.client.boards import BoardSettings, ensure_model, open_board
 from qverify.client.modelfiles import ModelFileError, board_runtime, classify, load_onnx, pairing_problem
 from qverify.client.results import (
@@ -44,12 +43,12 @@ from qverify.client.results import (
     Tolerances, VerifyResult,
 )
 from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
-from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors, tensor_order
+from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors
 from qverify.client.verify_isolation import IsolationPass, decide
+from qverify.client.verify_runs import DIED_MID_RUN, FrameRuns, _death_message, _died_during_run, _sha  # noqa: F401  (re-exported)
 
 Progress = Callable[[str], None]
 _RUNTIME_NAMES = {"openvino": "OpenVINO"}  # board runtimes whose model the host simulator cannot run
-DIED_MID_RUN = "the board stopped answering during the run"
 
 
 @dataclass
@@ -73,15 +72,6 @@ class VerifyOptions(BoardSettings):
     core: int | None = None  # NPU core of every board run (hrt_model_exec's core_id); None: any free core
 
 
-@dataclass
-class BoardRuns:
-    """The board's runs of one frame: the one the pairs compare, then those without dumps."""
-    main: SideOutput
-    main_dumps: bool  # the main run sent dumps (-r, or a lookup table's input)
-    plains: list[SideOutput] = field(default_factory=list)
-    failure: AgentError | None = None  # a plain run failed after the main run succeeded
-
-
 def verify(models: Sequence[str | Path] | str, board: str | None = None, *, progress: Progress | None = None,
            push_progress: Callable[[int, int], None] | None = None, **options) -> VerifyResult:
     """Verify ``models`` (paths, or one comma-separated string) on ``board``; see :class:`VerifyOptions`."""
@@ -91,7 +81,7 @@ def verify(models: Sequence[str | Path] | str, board: str | None = None, *, prog
     return Verification([Path(m) for m in models], opts, progress or (lambda message: None), push_progress).run()
 
 
-class Verification:
+class Verification(FrameRuns):
     def __init__(self, models: list[Path], options: VerifyOptions, progress: Progress,
                  push_progress: Callable[[int, int], None] | None) -> None:
         self.files = classify(models)
@@ -241,74 +231,6 @@ class Verification:
             "push_seconds": round(push.seconds, 4), "faults": list(info.faults)}))
         return BoardSide(client, push.sha256, program, core=self.o.core)
 
-    def _plain_run_count(self, extra: frozenset[str]) -> int:
-        """Plain runs (no dumps) besides the main run: with -r one, and --repeat N in all; without
-        dumps the main run is itself the first of the N."""
-        if self.o.dump_all:
-            return self.o.repeat
-        if extra:  # the main run dumps a lookup table's input: not plain
-            return self.o.repeat if self.o.repeat > 1 else 0
-        return self.o.repeat - 1
-
-    def _board_runs(self, side: BoardSide, frame, extra: frozenset[str]) -> BoardRuns:
-        """All the board's runs of one frame, one after the other (the board runs one at a time);
-        together they overlap the host's work."""
-        runs = BoardRuns(side.run(frame, self.o.dump_all, extra), self.o.dump_all or bool(extra))
-        for _ in range(self._plain_run_count(extra)):
-            try:
-                runs.plains.append(side.run(frame))
-            except AgentError as exc:
-                runs.failure = exc
-                break
-        return runs
-
-    def _run_sides(self, pool: ThreadPoolExecutor, sides: list, frame, broken: dict[str, str],
-                   program, number: int = 0) -> tuple[dict[str, SideOutput], BoardRuns | None]:
-        """Run one frame everywhere. The board works in its own process (or server thread), so
-        its runs overlap the host's onnxruntime and simulator runs instead of adding to them."""
-        outputs: dict[str, SideOutput] = {}
-        board_runs = None
-        live = [s for s in sides if s.label not in broken]
-        remote = [s for s in live if s.kind == "board"]
-        extra = frozenset(source for source, _ in lookup_anchors(program).values())
-        futures = {s.label: pool.submit(self._board_runs, s, frame, extra) for s in remote}
-        try:
-            for side in live:
-                if side.kind != "board":
-                    outputs[side.label] = self._host_run(side, frame, extra, number)
-            for side in remote:
-                runs = None
-                try:
-                    runs = futures[side.label].result()
-                    outputs[side.label] = runs.main
-                    if runs.failure is not None:
-                        raise runs.failure
-                    board_runs = runs
-                except AgentError as exc:
-                    if not _died_during_run(exc):
-                        raise
-                    if runs is not None:  # it died in a plain run, after every dumped tensor had arrived
-                        broken[side.label] = (f"{DIED_MID_RUN} (crashed or hung) in a plain run (no dumps): "
-                                              f"{str(exc).splitlines()[0][:200]}")
-                    else:
-                        broken[side.label] = _death_message(exc, program)
-                        self._note_death(side, exc, program)
-                    broken[PLAIN_LABEL] = broken[side.label]
-        except BaseException:  # Ctrl-C or a host-side failure: cancel the board's run, do not wait it out
-            for side in remote:
-                side.cancel()
-            wait(futures.values(), timeout=10)
-            raise
-        return outputs, board_runs
-
-    def _host_run(self, side, frame, extra: frozenset[str], number: int) -> SideOutput:
-        """A host side's run, from the shared cache when another board's verification made it."""
-        if self.o.host_cache is None:
-            return side.run(frame, self.o.dump_all, extra)
-        key = (side.kind, _sha(self.files.onnx), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed, number,
-               self.o.dump_all, extra, self.o.ort_opt)
-        return self.o.host_cache.get(key, lambda: side.run(frame, self.o.dump_all, extra))
-
     def _compare_frame(self, outputs: dict[str, SideOutput], sides: list, pairs: list, comparers: list,
                        frame_us: list[float]) -> None:
         board_out = next((outputs[s.label] for s in sides if s.kind == "board" and s.label in outputs), None)
@@ -341,16 +263,6 @@ class Verification:
         if "simulator" in by_kind:
             pairs.append((PLAIN_LABEL, by_kind["simulator"].label, "bit-exact"))
         return pairs
-
-    @staticmethod
-    def _plain_output(runs: BoardRuns, extra: frozenset[str]) -> SideOutput:
-        """The first plain run as a side of the plain pairs. A lookup-table output is judged through
-        its table's input, which a plain run does not send: it is taken from the dumping run, and
-        the plain outputs must equal the dumping run's anyway (a finding otherwise)."""
-        plain = runs.plains[0]
-        anchors = {name: runs.main.tensors[name] for name in extra if name in runs.main.tensors}
-        return SideOutput(tensors={**anchors, **plain.tensors}, seconds=plain.seconds, frame_us=plain.frame_us,
-                          returned=plain.returned)
 
     def _compare(self, sides: list, frames: list, program, explicit_sim: bool) -> None:
         pairs = self._pairs(sides, explicit_sim)
@@ -426,24 +338,6 @@ class Verification:
             pair.first_divergent = self._death_layer.get(a) or self._death_layer.get(b)
         return pair
 
-    def _note_death(self, side, exc: AgentError, program, always: bool = False) -> None:
-        """Name the first tensor the board never delivered: it stopped at or after its producer."""
-        from qverify.client.results import TensorResult
-
-        received = set(exc.received) | set(exc.outputs_received)
-        order = tensor_order(program)
-        pending = [(index, name, producer, op, placement) for name, (index, producer, op, placement) in order.items()
-                   if producer and name not in received]
-        if not pending or not (self.o.dump_all or always):
-            return
-        index, name, producer, op, placement = min(pending)
-        tensor = program.tensors[name]
-        self._death_layer[side.label] = TensorResult(
-            name=name, kind="layer", index=index, producer=producer, op=op, placement=placement,
-            shape=list(tensor.shape), elements=0, scale=tensor.scale or None, max_abs_diff=0.0, within_digits=0,
-            exact=0, off_by_one=0, beyond_one=0, max_lsb=0, cosine=0.0, passed=False,
-            reason="the board stopped answering at or after this layer")
-
     def _latency(self, frame_us: list[float]) -> None:
         if not frame_us:
             return
@@ -455,31 +349,6 @@ class Verification:
         if budget is not None and median_ms > budget:
             self.result.latency_failure = (f"board median frame latency {median_ms:.1f} ms exceeds "
                                            f"--max-latency {budget:g} ms")
-
-
-def _died_during_run(exc: AgentError) -> bool:
-    """The board answered before and stopped in the middle of a run: a board failure, not the lab's."""
-    return isinstance(exc, BoardUnreachable) or bool(exc.received)
-
-
-def _death_message(exc: AgentError, program) -> str:
-    got = len(exc.received)
-    return (f"{DIED_MID_RUN} (crashed or hung) after delivering {got} tensor"
-            f"{'s' if got != 1 else ''}: {str(exc).splitlines()[0][:200]}")
-
-
-@functools.lru_cache(maxsize=64)
-def _sha_cached(path: str, size: int, mtime_ns: int) -> str:
-    from qverify.client.agent_client import file_sha256
-
-    return file_sha256(Path(path))
-
-
-def _sha(path: Path | None) -> str:
-    if not path:
-        return ""
-    st = Path(path).stat()
-    return _sha_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _ort_version() -> str:
