@@ -105,6 +105,17 @@ def node_ranges(program: Program, groups: list[tuple[str, str]] | None) -> list[
     return ranges
 
 
+def check_feeds(program: Program, feeds: dict[str, np.ndarray]) -> None:
+    """Feeds of an isolated run are program tensors, in their dtype and logical shape (InputError)."""
+    for name, value in feeds.items():
+        tensor = program.tensors.get(name)
+        if tensor is None:
+            raise InputError(f"feed '{name}' is not a tensor of the program; see 'qverify info'")
+        if value.dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
+            raise InputError(f"feed '{name}' must be {tensor.dtype}{list(tensor.shape)} (logical layout), "
+                             f"got {value.dtype}{list(value.shape)}")
+
+
 class Simulator:
     """Runs one program. Reusable across runs; holds no per-run state."""
 
@@ -241,13 +252,7 @@ class Simulator:
         """
         ranges = self.node_groups(groups)
         given = self.check_inputs(inputs) if inputs else {}
-        for name, value in feeds.items():
-            tensor = self.program.tensors.get(name)
-            if tensor is None:
-                raise InputError(f"feed '{name}' is not a tensor of the program; see 'qverify info'")
-            if value.dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
-                raise InputError(f"feed '{name}' must be {tensor.dtype}{list(tensor.shape)} (logical layout), "
-                                 f"got {value.dtype}{list(value.shape)}")
+        check_feeds(self.program, feeds)
         wanted = self._dump_selection(dump)
         result = RunResult(outputs={})
         started = time.perf_counter()

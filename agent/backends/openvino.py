@@ -37,10 +37,10 @@ import numpy as np
 
 from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
 from qverify.agent.backends.openvino_values import ONNX_UINT8, logical_input, to_program, to_runtime  # noqa: F401
-from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
-from qverify.simulator import layout, modelfile
-from qverify.simulator.errors import InputError, ModelFormatError
-from qverify.simulator.executor import Dump, RunCancelled, RunResult, dequantize, node_ranges
+from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel, load_program
+from qverify.simulator import layout
+from qverify.simulator.errors import InputError
+from qverify.simulator.executor import Dump, RunCancelled, RunResult, check_feeds, dequantize, node_ranges
 from qverify.simulator.program import Program
 from qverify.simulator.targets import TargetProfile, get_target
 
@@ -264,13 +264,7 @@ class OpenVinoModel(ProgramBackedModel):
                       sink: Callable[[Dump], None] | None, core: int,
                       should_stop: Callable[[], bool] | None) -> RunResult:
         ranges = self._ranges(groups)
-        for name, value in feeds.items():
-            tensor = self.program.tensors.get(name)
-            if tensor is None:
-                raise InputError(f"feed '{name}' is not a tensor of the program; see 'qverify info'")
-            if value.dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
-                raise InputError(f"feed '{name}' must be {tensor.dtype}{list(tensor.shape)} (logical layout), "
-                                 f"got {value.dtype}{list(value.shape)}")
+        check_feeds(self.program, feeds)
         given = {t.name: logical_input(t, inputs[t.name]) for t in self.program.inputs if t.name in inputs}
         wanted = set(self.program.tensors) if dump is None else (self._selection(dump) or set(self.program.tensors))
         if should_stop is not None and should_stop():
@@ -346,15 +340,7 @@ class OpenVinoBackend(Backend):
         if cached is not None:
             return cached
         label = f"model {sha256[:12]}…"  # never the store's path
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise BackendError(f"{label} cannot be read from the board's store ({exc.strerror}); push it again") \
-                from None
-        try:
-            program = modelfile.decode_program(data, label, self.max_tensor_bytes)
-        except ModelFormatError as exc:
-            raise ModelInvalid(f"{label} cannot be loaded: {exc}") from None
+        program = load_program(path, label, self.max_tensor_bytes)
         if program.target.name != self.target.name:
             raise ModelMismatch(f"{label} was compiled for target '{program.target.name}', this board runs "
                                 f"OpenVINO ('{self.target.name}'); recompile with 'qverify compile quant.onnx "

@@ -9,24 +9,40 @@ from __future__ import annotations
 import abc
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from qverify.agent.backends.base import (
+    BackendError,
     LayerSpec,
     LayerTime,
     LoadedModel,
     ModelDescription,
+    ModelInvalid,
     ModelInvalidInput,
     RunCancelled,
     RunOutput,
     TensorDump,
     TensorSpec,
 )
-from qverify.simulator import executor
-from qverify.simulator.errors import InputError
+from qverify.simulator import executor, modelfile
+from qverify.simulator.errors import InputError, ModelFormatError
 from qverify.simulator.program import Program
+
+
+def load_program(path, label: str, max_tensor_bytes: int | None) -> Program:
+    """A stored model's program, validated (sizes under ``max_tensor_bytes``); errors name ``label``,
+    never the store's path."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BackendError(f"{label} cannot be read from the board's store ({exc.strerror}); push it again") from None
+    try:
+        return modelfile.decode_program(data, label, max_tensor_bytes)
+    except ModelFormatError as exc:
+        raise ModelInvalid(f"{label} cannot be loaded: {exc}") from None
 
 
 def describe(program: Program) -> ModelDescription:

@@ -10,10 +10,9 @@ import numpy as np
 
 from qverify._version import __version__
 from qverify.agent import faults as fault_tools
-from qverify.agent.backends.base import Backend, BackendError, BackendInfo, ModelInvalid, ModelMismatch
-from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel
-from qverify.simulator import Simulator, modelfile
-from qverify.simulator.errors import ModelFormatError
+from qverify.agent.backends.base import Backend, BackendInfo, ModelMismatch
+from qverify.agent.backends.program_backed import ModelCache, ProgramBackedModel, load_program
+from qverify.simulator import Simulator
 from qverify.simulator.executor import Dump, RunCancelled, RunResult
 from qverify.simulator.targets import TargetProfile
 
@@ -80,15 +79,7 @@ class SimBackend(Backend):
         if cached is not None:
             return cached
         label = f"model {sha256[:12]}…"  # never the store's path: a client has no business with it
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise BackendError(f"{label} cannot be read from the board's store ({exc.strerror}); push it again") \
-                from None
-        try:
-            program = modelfile.decode_program(data, label, self.max_tensor_bytes)
-        except ModelFormatError as exc:
-            raise ModelInvalid(f"{label} cannot be loaded: {exc}") from None
+        program = load_program(path, label, self.max_tensor_bytes)
         mine = (program.target.c_align, program.target.w_align, program.target.rounding)
         board = (self.target.c_align, self.target.w_align, self.target.rounding)
         if mine != board:
