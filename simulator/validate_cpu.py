@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from qverify.simulator.validate import NodeCheck, shape_bytes
+from qverify.simulator.validate_base import NodeCheck, shape_bytes
 
 # Ops whose inputs from this position on size or index the output: they must be constants.
 PARAM_INPUTS = {

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from qverify.simulator.gemm import chunk_size
-from qverify.simulator.validate import M0, SHIFT, ZP8, NodeCheck
+from qverify.simulator.validate_base import M0, SHIFT, ZP8, NodeCheck
 
 INT8, INT32, UINT8 = np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.uint8)
 BIG = 1 << 20  # strides, dilations, pads: far beyond any real model, small enough for exact int math
