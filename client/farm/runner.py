@@ -66,6 +66,17 @@ def board_settings(board: BoardEntry, ssh_user: str | None, ssh_port: int | None
                          connect_timeout=board.connect_timeout_s, timeout=timeout)
 
 
+def agent_client(board: BoardEntry, host: str, timeout: float):
+    """A client of the board's agent, at the HostName ~/.ssh/config gives an alias (as verify does)."""
+    from qverify.client.agent_client import BoardClient
+    from qverify.client.ssh import SshOptions, agent_host
+
+    address = agent_host(host, SshOptions(key=board.ssh_key, known_hosts=board.known_hosts))
+    return BoardClient(f"{address}:{board.agent_port}", token=board.token(), tls_ca=board.tls_ca,
+                       client_cert=client_cert(board.tls_cert, board.tls_key),
+                       connect_timeout=board.connect_timeout_s, timeout=timeout)
+
+
 @contextlib.contextmanager
 def board_address(board: BoardEntry, wait_s: float) -> Iterator[tuple[str, str | None, int | None]]:
     """(host, SSH user, SSH port) of the board; for a labgrid place (its NetworkService), reserved
@@ -172,12 +183,8 @@ class FarmRun:
 
     def _health(self, board: BoardEntry, host: str, status: BoardStatus) -> tuple[str, int]:
         """('', attempts) when the agent answers (health and protocol handshake); else why it is offline."""
-        from qverify.client.agent_client import BoardClient
-
         def check():
-            with BoardClient(f"{host}:{board.agent_port}", token=board.token(), tls_ca=board.tls_ca,
-                             client_cert=client_cert(board.tls_cert, board.tls_key),
-                             connect_timeout=board.connect_timeout_s, timeout=30) as client:
+            with agent_client(board, host, timeout=30) as client:
                 return client.info()
 
         info, error, attempts = self._retrying(check)
@@ -256,13 +263,8 @@ class FarmRun:
         sha = job.model_sha256.get("bin")
         if model.perf_frames <= 0 or not sha or job.outcome == INFRA:
             return None
-        from qverify.client.agent_client import BoardClient
-
         def perf():
-            with BoardClient(f"{host}:{board.agent_port}", token=board.token(), tls_ca=board.tls_ca,
-                             client_cert=client_cert(board.tls_cert, board.tls_key),
-                             connect_timeout=board.connect_timeout_s,
-                             timeout=model.timeout_s or self.settings.timeout_s) as client:
+            with agent_client(board, host, timeout=model.timeout_s or self.settings.timeout_s) as client:
                 return client.perf(sha, frames=model.perf_frames, threads=1, warmup=2)
 
         reply, error, _ = self._retrying(perf)
