@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -146,8 +146,11 @@ def calibration_feeds(key: str, count: int = 8) -> list[dict[str, np.ndarray]]:
 
 
 def quantize(key: str, out_dir: Path, fmt: str = "QDQ", activations: str = "QUInt8", per_channel: bool = False,
-             calibration_count: int = 8) -> Path:
-    """quantize_static a zoo model (after quant_pre_process); returns the quant.onnx path."""
+             calibration_count: int = 8, on_calibration_image: Callable[[], None] | None = None) -> Path:
+    """quantize_static a zoo model (after quant_pre_process); returns the quant.onnx path.
+
+    ``on_calibration_image()`` is called as onnxruntime takes each of the ``calibration_count``
+    images (progress: calibrating is most of the time)."""
     import onnx
     from onnx import version_converter
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -183,7 +186,10 @@ def quantize(key: str, out_dir: Path, fmt: str = "QDQ", activations: str = "QUIn
             self.feeds: Iterator = iter(calibration_feeds(key, calibration_count))
 
         def get_next(self):
-            return next(self.feeds, None)
+            feed = next(self.feeds, None)
+            if feed is not None and on_calibration_image is not None:
+                on_calibration_image()
+            return feed
 
     name = f"{key}.{fmt.lower()}.{activations.lower()}.{'pc' if per_channel else 'pt'}.onnx"
     out = out_dir / name

@@ -6,6 +6,7 @@ must not need one."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -160,3 +161,20 @@ def test_the_agent_side_imports_neither_pydantic_nor_platformdirs():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_farm_check_fits_the_terminal_without_cutting_a_name(folder, columns):
+    """Below ~100 columns each pair is stacked; names are never split mid-token at any width."""
+    inv = folder / "farm.toml"
+    inv.write_text(GOOD)
+    done = subprocess.run([sys.executable, "-c", "import sys; from qverify.client.cli import main; sys.exit(main())",
+                           "farm", "check", str(inv)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": str(columns)}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines), done.stdout
+    for name in ("board-a", "board-b", "cnn16", "cnn32", "127.0.0.1:9", "labgrid place lab-b"):
+        assert name in done.stdout
+    boxed = any(ch in done.stdout for ch in "┃│┏")
+    assert boxed == (columns >= 100)

@@ -209,13 +209,13 @@ def check_command(
         print(json.dumps({"schema": "qverify.farm-check/1", "inventory": str(inv.path),
                           "pairs": [{"board": b.name, "model": m.name} for b, m in pairs]}, indent=2))
         return
-    table = Table(title=f"{escape(str(inventory))}: {len(pairs)} pair{'s' * (len(pairs) != 1)}", title_justify="left")
-    for column in ("board", "address", "transport", "model", "model.bin"):
-        table.add_column(column, overflow="fold")
-    for board, model in pairs:
-        where = f"{board.host}:{board.agent_port}" if board.host else f"labgrid place {board.place}"
-        table.add_row(escape(board.name), escape(where), board.transport, escape(model.name), escape(model.bin.name))
-    _out.print(table)
+    from qverify.client.term_tables import rows_table
+
+    rows = [[board.name, f"{board.host}:{board.agent_port}" if board.host else f"labgrid place {board.place}",
+             board.transport, model.name, model.bin.name] for board, model in pairs]
+    rows_table(_out, f"{inventory}: {len(pairs)} pair{'s' * (len(pairs) != 1)}",
+               ("board", "address", "transport", "model", "model.bin"), rows, names=(0, 1, 3, 4),
+               stack=lambda i: [f"{rows[i][0]} / {rows[i][3]}", " · ".join((rows[i][1], rows[i][2], rows[i][4]))])
     unused = [b.name for b in inv.boards if all(b is not pb for pb, _ in pairs)]
     unused += [m.name for m in inv.models if all(m is not pm for _, pm in pairs)]
     if unused:
