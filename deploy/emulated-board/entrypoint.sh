@@ -233,12 +233,16 @@ stopping=0
 
 alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
+# Each child gets one TERM: a second one could land while it is already exiting (after its own
+# handler ran) and kill it with status 143 instead of the status it was exiting with.
+termed=""
 stop_children() {
     stopping=1
     local pid
     for pid in "$agent_pid" "$sshd_pid"; do
-        if alive "$pid"; then
+        if alive "$pid" && [[ " $termed " != *" $pid "* ]]; then
             kill -TERM "$pid" 2>/dev/null || true
+            termed="$termed $pid"
         fi
     done
 }
