@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_harness import agent_pool, free_port, write_token  # noqa: F401  (fixture)
+from agent_harness import agent_pool, free_port  # noqa: F401  (fixture)
+from labgrid_harness import stop_process
 from qverify.agent.server import ConfigError, ServerOptions, check_security, parse_listen
 from qverify.client.agent_client import BoardClient
 from tls_pki import pki  # noqa: F401  (fixture)
@@ -141,12 +142,7 @@ def test_server_only_tls_with_insecure_starts_and_warns(tmp_path, pki):
             assert board.info().backend == "sim"
         assert "anyone holding the CA certificate can run models" in log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 def test_a_model_for_another_target_names_the_property_that_differs(agent_pool, tmp_path):
