@@ -20,9 +20,13 @@ import typer
 # error says what failed. Set before grpc loads (a user's own setting wins).
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from qverify.client.accuracy.debug_command import debug_app  # noqa: E402
+from qverify.client.accuracy.doctor_command import doctor_command  # noqa: E402
 from qverify.client.board_command import board_app  # noqa: E402
 from qverify.client.board_options import BoardArg, with_board_settings  # noqa: E402
 from qverify.client.boards import BoardSettings  # noqa: E402
+from qverify.client.compare_command import compare_command  # noqa: E402
+from qverify.client.dump_command import dump_command  # noqa: E402
 from qverify.client.errors import EXIT_BAD_INPUT, EXIT_INCONSISTENT, EXIT_INFRA, EXIT_OK, Failure  # noqa: E402
 from qverify.client.farm.cli import farm_app  # noqa: E402
 from qverify.client.perf_command import perf_command  # noqa: E402
@@ -250,6 +254,10 @@ def demo_command(
 # The board and farm commands: their modules import errors.py, never this one.
 app.command("run")(run_command)
 app.command("perf")(perf_command)
+app.command("dump")(dump_command)
+app.command("compare")(compare_command)
+app.command("doctor")(doctor_command)
+app.add_typer(debug_app, name="debug")
 app.add_typer(board_app, name="board")
 app.add_typer(farm_app, name="farm")
 
