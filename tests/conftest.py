@@ -75,6 +75,18 @@ def quantized(zoo_cache_dir) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def float_model(quantized, zoo_cache_dir) -> Callable[..., Path]:
+    """``float_model(key)`` -> the float ONNX model the zoo's quant.onnx files of ``key`` were
+    quantized from (the package's model with its shapes fixed and quant_pre_process applied)."""
+
+    def get(key: str) -> Path:
+        quantized(key)  # writes {key}.pre.onnx on its way
+        return zoo_cache_dir / f"{key}.pre.onnx"
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def compiled(quantized) -> Callable[..., "object"]:
     """``compiled(key, fmt, activations, per_channel, preprocess=False)`` -> qverify Program, made once.
 
