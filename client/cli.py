@@ -121,7 +121,9 @@ def compile_command(
 @with_board_settings()
 def verify_command(
     model: str = typer.Option(..., "-m", "--model",
-                              help="quant.onnx,model.bin (either or both, any order; recognised by content)"),
+                              help="quant.onnx,model.bin (either or both, any order; recognised by content); "
+                                   "add float.onnx, the model quant.onnx was quantized from, as the golden "
+                                   "reference"),
     board: BoardArg = None,
     run_sim: Optional[bool] = typer.Option(
         None, "--run-sim/--no-run-sim", "-s/-S",
@@ -153,6 +155,9 @@ def verify_command(
                                            help="intermediates vs ONNX (-r): smallest cosine similarity"),
     max_latency: Optional[float] = typer.Option(None, "--max-latency", help="fail when the board's median frame "
                                                 "latency exceeds this many milliseconds"),
+    min_float_cosine: float = typer.Option(0.98, "--min-float-cosine",
+                                           help="float.onnx vs quant.onnx outputs: below this cosine, a "
+                                                "quantization-loss warning (never a failure)"),
     input_shape: list[str] = typer.Option([], "--input-shape", help="NAME:1,3,224,224 for dynamic ONNX inputs (-s)"),
     core: Optional[int] = typer.Option(None, "--core", min=0,
                                        help="NPU core every board run uses, 0..npu_cores-1 (hrt_model_exec's "
@@ -161,7 +166,8 @@ def verify_command(
     *,
     settings: BoardSettings,
 ) -> None:
-    """Run the same inputs on quant.onnx (onnxruntime), the board and the simulator; compare them layer by layer."""
+    """Run the same inputs on quant.onnx (onnxruntime), the board and the simulator; compare them layer by layer.
+    With float.onnx too, say where accuracy was lost: quantization, the compiler/board, or both."""
     from qverify.client import views
     from qverify.client.results import Tolerances
     from qverify.client.verify import verify
@@ -170,6 +176,9 @@ def verify_command(
         raise Failure(f"--ort-opt {ort_opt}: choose all or disabled", EXIT_BAD_INPUT)
     if isolate not in ("auto", "always", "never"):
         raise Failure(f"--isolate {isolate}: choose auto, always or never", EXIT_BAD_INPUT)
+    if not 0.0 <= min_float_cosine <= 1.0:
+        raise Failure(f"--min-float-cosine {min_float_cosine:g}: give a cosine between 0 and 1, e.g. 0.98",
+                      EXIT_BAD_INPUT)
     if fault and board:
         raise Failure("--fault works only on the embedded emulated board (no -b)", EXIT_BAD_INPUT)
     for out in (json_out, junit_out, html_out):
@@ -181,7 +190,7 @@ def verify_command(
         result = verify(model, board, progress=views.progress_line, push_progress=push_progress,
                         **settings.as_kwargs(), run_sim=run_sim, inputs=input_files, seed=seed, dump_all=dump_all,
                         ort_opt=ort_opt, tolerances=tolerances, input_shapes=_parse_shapes(input_shape),
-                        faults=fault, repeat=repeat, isolate=isolate, core=core)
+                        faults=fault, repeat=repeat, isolate=isolate, core=core, min_float_cosine=min_float_cosine)
     views.print_verify(result)
     views.print_written(_write_reports(result, json_out, junit_out, html_out))
     raise typer.Exit(result.exit_code)

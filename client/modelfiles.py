@@ -1,4 +1,6 @@
-"""``-m`` files recognised by content (not by name), and whether an ONNX/bin pair belongs together."""
+"""``-m`` files recognised by content (not by name), and whether they belong together: a
+quant.onnx and the model.bin compiled from it, and a float model and the quant.onnx quantized
+from it (:func:`float_pairing_problem`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,13 +12,26 @@ MODEL_BIN_MAGIC = b"QVFYMDL\0"
 
 
 class ModelFileError(Exception):
-    """A -m file is missing, unreadable or neither a quantized ONNX model nor a model.bin."""
+    """A -m file is missing, unreadable or neither an ONNX model nor a model.bin."""
 
 
 @dataclass
 class ModelFiles:
-    onnx: Path | None = None
+    onnx: Path | None = None  # the quantized ONNX model
     bin: Path | None = None
+    float: Path | None = None  # the float ONNX model quant.onnx was quantized from (the golden reference)
+
+
+# Ops that only a quantized graph has: QDQ pairs, QOperator kernels, integer ops.
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                           "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+                           "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
+                           "QLinearGlobalAveragePool", "QLinearSoftmax", "QGemm"})
+
+
+def is_quantized(model) -> bool:
+    """Whether an ONNX model is quantized (it has Q/DQ pairs or quantized kernels)."""
+    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def sniff(path: Path) -> str:
@@ -51,16 +66,26 @@ def board_runtime(program) -> str:
     return ""
 
 
+_KIND_NAMES = {"bin": "model.bin", "onnx": "quantized ONNX", "float": "float ONNX"}
+
+
 def classify(paths: list[Path]) -> ModelFiles:
-    if not paths or len(paths) > 2:
-        raise ModelFileError("-m takes one or two files, comma-separated: quant.onnx,model.bin (or model.ov)")
+    """The -m files by content: model.bin, quant.onnx (quantized) and float.onnx, in any order."""
+    if not paths or len(paths) > 3:
+        raise ModelFileError("-m takes one to three files, comma-separated: float.onnx,quant.onnx,model.bin "
+                             "(or model.ov), in any order")
     files = ModelFiles()
     for path in paths:
         kind = sniff(path)
+        if kind == "onnx" and not is_quantized(load_onnx(path)):
+            kind = "float"
         if getattr(files, kind) is not None:
-            raise ModelFileError(f"-m: two {'model.bin' if kind == 'bin' else 'ONNX'} files ({getattr(files, kind)}, "
-                                 f"{path}); give one quant.onnx and/or one model.bin")
+            raise ModelFileError(f"-m: two {_KIND_NAMES[kind]} files ({getattr(files, kind)}, {path}); give at "
+                                 "most one float.onnx, one quant.onnx and one model.bin")
         setattr(files, kind, path)
+    if files.float is not None and files.onnx is None:
+        raise ModelFileError(f"-m {files.float}: a float model is compared with the quant.onnx quantized from it: "
+                             f"give that too (-m {files.float.name},quant.onnx{',model.bin' if files.bin else ''})")
     return files
 
 
@@ -112,3 +137,94 @@ def pairing_problem(onnx_path: Path, model, program) -> tuple[str, str]:
                     "it was compiled from another model"), ""
     return "", (f"model.bin was compiled from a file with another sha256 ({program.proto.source_sha256[:12]}), "
                 f"but its inputs, outputs and tensors match {onnx_path.name}")
+
+
+def _graph_io(model) -> tuple[dict[str, list], list[str]]:
+    initializers = {i.name for i in model.graph.initializer}
+    dims = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input if i.name not in initializers}
+    return dims, [o.name for o in model.graph.output]
+
+
+def _weight_cosines(float_model, quant_model) -> list[tuple[str, float]]:
+    """(float initializer, cosine with its dequantized quant.onnx copy) for every quantized weight
+    ``W_quantized`` (with ``W_scale``, ``W_zero_point``) whose float ``W`` has the same shape."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    floats = {i.name: i for i in float_model.graph.initializer}
+    quants = {i.name: i for i in quant_model.graph.initializer}
+    found = []
+    for name, init in quants.items():
+        base = name[:-len("_quantized")] if name.endswith("_quantized") else ""
+        if not base or base not in floats or f"{base}_scale" not in quants:
+            continue
+        codes = numpy_helper.to_array(init).astype(np.float64)
+        ref = numpy_helper.to_array(floats[base]).astype(np.float64)
+        scale = numpy_helper.to_array(quants[f"{base}_scale"]).astype(np.float64)
+        zp = (numpy_helper.to_array(quants[f"{base}_zero_point"]).astype(np.float64)
+              if f"{base}_zero_point" in quants else np.zeros_like(scale))
+        if codes.shape != ref.shape or codes.ndim == 0:
+            continue
+        if scale.size > 1:  # per channel: the axis whose length is the number of scales (0 for Conv weights)
+            axis = next((a for a, n in enumerate(codes.shape) if n == scale.size), None)
+            if axis is None:
+                continue
+            shape = [1] * codes.ndim
+            shape[axis] = scale.size
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        values = ((codes - zp) * scale).ravel()
+        ref = ref.ravel()
+        na, nb = float(np.linalg.norm(values)), float(np.linalg.norm(ref))
+        found.append((base, float(values @ ref) / (na * nb) if na and nb else float(na == nb)))
+    return found
+
+
+# A quantized weight is the float weight rounded to its scale: cosine well above this. A weight
+# of another model (or a retrained one) is not.
+MIN_WEIGHT_COSINE = 0.95
+
+
+def float_pairing_problem(float_path: Path, float_model, quant_path: Path, quant_model) -> str:
+    """Why ``float_model`` is not the model ``quant_model`` was quantized from ('' when it is).
+
+    Evidence, cheapest first: the same graph inputs (with their static shapes) and outputs;
+    the activations the quant graph quantizes (the inputs of its QuantizeLinear nodes,
+    ``X`` of ``X_QuantizeLinear_Output``) are tensors of the float graph; its compute nodes
+    keep their names; every quantized weight, dequantized, is the float weight rounded."""
+    f_in, f_out = _graph_io(float_model)
+    q_in, q_out = _graph_io(quant_model)
+    fname, qname = float_path.name, quant_path.name
+    if set(f_in) != set(q_in):
+        return (f"{fname} takes input(s) {', '.join(sorted(f_in)) or 'none'} but {qname} takes "
+                f"{', '.join(sorted(q_in)) or 'none'}: it is not the float model {qname} was quantized from")
+    for name, dims in q_in.items():
+        other = f_in[name]
+        if len(other) != len(dims) or any(a is not None and b is not None and a != b for a, b in zip(other, dims)):
+            return f"input '{name}' is {other} in {fname} but {dims} in {qname}"
+    if f_out != q_out:
+        return (f"{fname} produces {', '.join(f_out)} but {qname} produces {', '.join(q_out)}: it is not the "
+                f"float model {qname} was quantized from")
+    produced = {o for node in float_model.graph.node for o in node.output} | set(f_in)
+    initializers = {i.name for i in quant_model.graph.initializer}
+    activations = [n.input[0] for n in quant_model.graph.node
+                   if n.op_type == "QuantizeLinear" and n.input and n.input[0] not in initializers]
+    missing = [a for a in activations if a not in produced]
+    if activations and len(missing) > len(activations) // 10:
+        return (f"{qname} quantizes tensor '{missing[0]}' (and {len(missing) - 1} more of {len(activations)}), "
+                f"which {fname} does not compute: it is not the float model {qname} was quantized from")
+    float_nodes = {n.name for n in float_model.graph.node}
+    compute = [n.name for n in quant_model.graph.node if n.op_type not in QUANTIZED_OPS and n.name]
+    if compute and not activations:  # QOperator graphs rename their nodes: names decide only for QDQ
+        compute = []
+    strange = [n for n in compute if n not in float_nodes]
+    if compute and len(strange) > len(compute) // 2:
+        return (f"{len(strange)} of {len(compute)} nodes of {qname} (e.g. '{strange[0]}') are not in {fname}: "
+                f"it is not the float model {qname} was quantized from")
+    weights = _weight_cosines(float_model, quant_model)
+    bad = [(name, cos) for name, cos in weights if cos < MIN_WEIGHT_COSINE]
+    if bad:
+        name, cos = min(bad, key=lambda b: b[1])
+        return (f"{len(bad)} of {len(weights)} weights of {qname} differ from {fname}'s (worst '{name}', cosine "
+                f"{cos:.3f} after dequantizing): it was quantized from another version of the model")
+    return ""

@@ -138,7 +138,7 @@ def _count(suite: ET.Element) -> tuple[int, int, int]:
     suite.set("tests", str(counts[0]))
     suite.set("failures", str(counts[1]))
     suite.set("errors", str(counts[2]))
-    suite.set("skipped", "0")
+    suite.set("skipped", str(sum(c.find("skipped") is not None for c in cases)))
     return counts
 
 
@@ -172,6 +172,27 @@ def _board_runs_suite(root: ET.Element, result: VerifyResult, props: list[tuple[
     return suite
 
 
+def _float_suite(root: ET.Element, result: VerifyResult, props: list[tuple[str, str]]) -> ET.Element | None:
+    """A testsuite "float reference" with one testcase, "quantization loss": never a failure. A
+    warning is a ``<skipped type="warning">`` (CI pages show it without failing the suite), and
+    the verdict and triage lines are in its ``<system-out>`` and properties."""
+    ref = result.float_reference
+    if ref is None:
+        return None
+    suite = ET.SubElement(root, "testsuite", name=_x(f"{ref.float_label} vs {ref.quant_label}"), time="0")
+    properties = ET.SubElement(suite, "properties")
+    for key, value in [*props, ("float_reference.verdict", ref.verdict), ("float_reference.triage", ref.triage),
+                       ("float_reference.output_cosine", _num(ref.output_cosine, ".6f")),
+                       ("float_reference.min_float_cosine", _num(ref.min_float_cosine)),
+                       ("float_reference.first_below", ref.first_below)]:
+        ET.SubElement(properties, "property", name=_x(key), value=_x(value))
+    case = _testcase(suite, "float reference", "quantization loss")
+    if ref.verdict != "ok":
+        ET.SubElement(case, "skipped", type="warning", message=_x(ref.verdict_line()))
+    ET.SubElement(case, "system-out").text = _x(f"{ref.verdict_line()}\n{ref.triage_line()}")
+    return suite
+
+
 def render_junit(result: VerifyResult) -> str:
     root = ET.Element("testsuites", name="qverify", time=f"{result.seconds:.3f}")
     props = list(_side_properties(result))
@@ -182,6 +203,9 @@ def render_junit(result: VerifyResult) -> str:
     board_runs = _board_runs_suite(root, result, props)
     if board_runs is not None:
         suites.append(board_runs)
+    float_suite = _float_suite(root, result, props)
+    if float_suite is not None:
+        suites.append(float_suite)
     if result.latency_failure or result.tolerances.max_latency_ms is not None:
         board = next((s.label for s in result.sides if s.kind == "board"), "board")
         suite = ET.SubElement(root, "testsuite", name=_x(f"{board} latency"), time="0")
@@ -193,6 +217,7 @@ def render_junit(result: VerifyResult) -> str:
     totals = [sum(c) for c in zip(*(_count(s) for s in suites))] or [0, 0, 0]
     for key, value in zip(("tests", "failures", "errors"), totals):
         root.set(key, str(value))
+    root.set("skipped", str(sum(int(s.get("skipped", "0")) for s in suites)))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

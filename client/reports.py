@@ -79,6 +79,8 @@ tr.fail td{background:#fde4e4}tr.first td{background:#f9b9b9;font-weight:600}
 .divergent{border:2px solid #c62828;background:#fff4f4;padding:.5em .8em;margin:.6em 0}
 .alert{color:#c62828;font-weight:600}svg{width:100%;height:auto;background:#fff}
 .legend span{margin-right:1.2em}.pair{border-top:2px solid #ddd;margin-top:1.5em}
+.WARNING{background:#b58900}.warning{color:#8a6500;font-weight:600}tr.warn td{background:#fff5d6}
+.float,.distributions{border-top:2px solid #ddd;margin-top:1.5em}
 """
 
 _W, _H, _L, _R, _T, _B = 1000, 260, 48, 12, 14, 30  # plot size and margins (viewBox units)
@@ -115,6 +117,10 @@ def _header(r: VerifyResult) -> str:
         what = "First wrong layer in isolation" if isolated else "First divergent layer"
         parts.append(f'<p class="alert">{what}: {_E(fd.producer or fd.name)} '
                      f'({_E(fd.op or "input")}) → {_E(fd.name)}</p>')
+    ref = r.float_reference
+    if ref is not None and ref.verdict != "ok":
+        parts.append(f'<p class="warning"><span class="badge WARNING">WARNING</span> {_E(ref.verdict_line())} '
+                     '(<a href="#float-reference">float reference</a>)</p>')
     if r.board_findings:
         n = len(r.board_findings)
         parts.append(f'<p class="alert">The board differs from itself: {n} difference{"s" if n != 1 else ""} '
@@ -250,9 +256,24 @@ def _pair_section(p: PairResult, k: int, tol: Tolerances) -> str:
     return "\n".join(parts)
 
 
+def _accuracy_sections(result: VerifyResult) -> list[str]:
+    """The float reference (per-layer cosines, triage) and the board's value distributions (-r)."""
+    from qverify.client import float_views
+
+    parts = [float_views.html_section(result.float_reference)] if result.float_reference is not None else []
+    dists = [d for d in result.distributions if not isinstance(d, dict)]
+    if dists:
+        from qverify.client.accuracy.distributions import html_section
+
+        parts.append(f'<section class="distributions" id="distributions"><h2>Distributions (board dumps)</h2>'
+                     f"{html_section(dists)}</section>")
+    return parts
+
+
 def render_html(result: VerifyResult) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
-    body = "\n".join([_header(result), *(_pair_section(p, k, result.tolerances) for k, p in enumerate(result.pairs + result.plain_pairs))])
+    body = "\n".join([_header(result), *_accuracy_sections(result),
+                      *(_pair_section(p, k, result.tolerances) for k, p in enumerate(result.pairs + result.plain_pairs))])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>qverify report: {verdict}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from qverify import __version__
+from qverify.client.float_results import FloatReference
 
 PASSED, FAILED, MISMATCHED, ERROR = "PASSED", "FAILED", "MISMATCHED", "ERROR"
 EXIT_OK, EXIT_INCONSISTENT, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
@@ -59,8 +60,8 @@ class TensorResult:
 @dataclass
 class SideInfo:
     """One engine that ran the inputs."""
-    label: str  # "quant.onnx" (the file name), "board", "simulator"
-    kind: Literal["onnx", "board", "simulator"]
+    label: str  # "quant.onnx" (the file name), "board", "simulator", the float model's file name
+    kind: Literal["onnx", "board", "simulator", "float"]
     path: str = ""  # model file it ran
     sha256: str = ""  # of that file
     detail: dict[str, Any] = field(default_factory=dict)  # ort_opt, agent/backend versions, target, latency...
@@ -216,9 +217,14 @@ class VerifyResult:
     plain_run: bool = False  # with -r, every frame also ran on the board without dumps
     plain_pairs: list[PairResult] = field(default_factory=list)  # that plain run vs the references (outputs)
     board_findings: list[BoardFinding] = field(default_factory=list)
+    # The float model as the golden reference (-m float.onnx,...): a warning or ok, never a failure.
+    float_reference: FloatReference | None = None
+    distributions: list = field(default_factory=list)  # per-layer value distributions of the board's dumps (-r)
 
     def __post_init__(self) -> None:
         # A report read back from JSON (farm pages) holds plain dicts: make them objects again.
+        if isinstance(self.float_reference, dict):
+            self.float_reference = FloatReference.from_dict(self.float_reference)
         self.board_findings = [_finding_from_dict(f) if isinstance(f, dict) else f for f in self.board_findings]
         self.plain_pairs = [_pair_from_dict(p) if isinstance(p, dict) else p for p in self.plain_pairs]
 
@@ -301,6 +307,8 @@ class VerifyResult:
             "plain_run": self.plain_run,
             "plain_pairs": [pair(p) for p in self.plain_pairs],
             "board_findings": [asdict(f) for f in self.board_findings],
+            "float_reference": self.float_reference.to_dict() if self.float_reference else None,
+            "distributions": [d if isinstance(d, dict) else d.to_json() for d in self.distributions],
         }
 
 

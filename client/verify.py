@@ -14,6 +14,12 @@ Which sides run is decided by the models given (recognised by content):
 ``quant.onnx`` with -s    quant.onnx vs simulator (compiled in memory)
 ========================  ==========================================================
 
+A float model among them (``float.onnx,quant.onnx,model.bin``, or ``float.onnx,quant.onnx``
+with -s) is the golden reference: it must be the model quant.onnx was quantized from
+(MISMATCHED otherwise), and every compared tensor gets float vs quant.onnx vs board cosines
+and a triage (:mod:`~qverify.client.float_reference`), a warning of its own that never
+changes the verdict. A float model needs quant.onnx beside it.
+
 The board is also compared with itself: with ``dump_all`` every frame also runs on the board
 without dumps (a plain run), compared with the references and bit for bit with the dumping
 run; ``repeat=N`` runs every frame N times without dumps, and the N outputs must be
@@ -37,12 +43,15 @@ from typing import Callable, Sequence
 from qverify.client import inputs as inputs_mod
 from qverify.client.agent_client import AgentError
 from qverify.client.boards import BoardSettings, ensure_model, open_board
-from qverify.client.modelfiles import ModelFileError, board_runtime, classify, load_onnx, pairing_problem
+from qverify.client.float_reference import DEFAULT_MIN_FLOAT_COSINE, FloatComparer, FloatSide, failed_reference
+from qverify.client.modelfiles import (
+    ModelFileError, board_runtime, classify, float_pairing_problem, load_onnx, pairing_problem,
+)
 from qverify.client.results import (
     DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PLAIN_LABEL, InputInfo, PairResult, SideInfo,
     Tolerances, VerifyResult,
 )
-from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
+from qverify.client.sides import BoardSide, HostCache, OnnxSide, SideError, SimulatorSide, SideOutput
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors
 from qverify.client.verify_isolation import IsolationPass, decide
 from qverify.client.verify_runs import DIED_MID_RUN, FrameRuns, _death_message, _died_during_run, _sha  # noqa: F401  (re-exported)
@@ -70,6 +79,7 @@ class VerifyOptions(BoardSettings):
     # runs or the outputs are beyond drift, "always", or "never" (output rules only).
     isolate: str = "auto"
     core: int | None = None  # NPU core of every board run (hrt_model_exec's core_id); None: any free core
+    min_float_cosine: float = DEFAULT_MIN_FLOAT_COSINE  # float vs quant.onnx outputs: below it, a warning
 
 
 def verify(models: Sequence[str | Path] | str, board: str | None = None, *, progress: Progress | None = None,
@@ -140,6 +150,9 @@ class Verification(FrameRuns):
                                                status=MISMATCHED, message=f"do not belong together: {problem}"))
                 result.seconds = time.perf_counter() - start
                 return result
+        if self.files.float is not None and self._float_mismatch(onnx_model):
+            result.seconds = time.perf_counter() - start
+            return result
         if not with_board and self.o.repeat > 1:
             result.notes.append("--repeat runs a board several times; without a board side it does nothing")
             result.repeat = 1  # nothing was repeated
@@ -172,6 +185,42 @@ class Verification(FrameRuns):
             self._runtime_exposure(runtime)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _float_mismatch(self, onnx_model) -> bool:
+        """Whether the float model is not the one quant.onnx was quantized from (a MISMATCHED pair)."""
+        problem = float_pairing_problem(self.files.float, load_onnx(self.files.float), self.files.onnx, onnx_model)
+        if problem:
+            self.result.pairs.append(PairResult(self.files.float.name, self.files.onnx.name, "tolerance",
+                                                status=MISMATCHED, message=f"do not belong together: {problem}"))
+        else:
+            self.result.sides.append(SideInfo(self.files.float.name, "float", str(self.files.float),
+                                              _sha(self.files.float), {"ort_opt": self.o.ort_opt,
+                                                                       "onnxruntime": _ort_version()}))
+        return bool(problem)
+
+    def _float_comparer(self, sides: list, program) -> tuple[FloatSide, FloatComparer] | tuple[None, None]:
+        by_kind = {s.kind: s for s in sides}
+        if self.files.float is None or "onnx" not in by_kind:
+            return None, None
+        integer = by_kind.get("board") or by_kind.get("simulator")
+        return (FloatSide(self.files.float, program, self.o.ort_opt),
+                FloatComparer(self.files.float.name, by_kind["onnx"].label, integer.label if integer else "", program,
+                              self.o.min_float_cosine, self.o.tolerances.digits))
+
+    def _float_frame(self, side: FloatSide, comparer: FloatComparer, frame, number: int,
+                     outputs: dict[str, SideOutput]) -> str:
+        """Run the float model on one frame and compare; returns why it could not run ('' when it ran)."""
+        try:
+            if self.o.host_cache is None:
+                floats = side.run(frame, self.o.dump_all)
+            else:
+                key = ("float", _sha(self.files.float), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed,
+                       number, self.o.dump_all, self.o.ort_opt)
+                floats = self.o.host_cache.get(key, lambda: side.run(frame, self.o.dump_all))
+        except SideError as exc:
+            return str(exc)
+        comparer.add_frame(floats, outputs, self.o.dump_all)
+        return ""
 
     def _runtime_plan(self, runtime: str, with_onnx: bool) -> bool:
         """Sides for a board running a runtime's own model (model.ov): quant.onnx and the board, never the
@@ -280,6 +329,8 @@ class Verification(FrameRuns):
         onnx_board = next(((a, b) for a, b, c in pairs if a.kind == "onnx" and b.kind == "board"), None)
         twin = any(c == "bit-exact" for _, _, c in pairs)
         isolation = None
+        float_side, float_comparer = self._float_comparer(sides, program)
+        float_broken = ""
         if onnx_board and (self.o.isolate == "always" or (self.o.isolate == "auto" and not twin)):
             # Before the entire runs: a board that dies in isolation names the layer it died in.
             isolation = self._isolation(*onnx_board, frames, program, broken)
@@ -289,6 +340,8 @@ class Verification(FrameRuns):
                          f"{board_work}")
                 outputs, runs = self._run_sides(pool, sides, frame, broken, program, number)
                 self._compare_frame(outputs, sides, pairs, comparers, frame_us)
+                if float_comparer is not None and not float_broken:
+                    float_broken = self._float_frame(float_side, float_comparer, frame, number, outputs)
                 if runs is None:
                     continue
                 checker.add_frame(number, runs.main if runs.main_dumps else None,
@@ -314,6 +367,14 @@ class Verification(FrameRuns):
                                     for (a, b, _), comparer in zip(plain_pairs, plain_comparers)]
         self.result.board_findings += checker.findings
         self._latency(frame_us)
+        if float_comparer is not None:
+            board_loss = bool(self.result.board_findings) or not all(
+                p.passed for p in self.result.pairs + self.result.plain_pairs)
+            ref = float_comparer.finish(self.result.pairs, board_loss)
+            if float_broken:
+                ref = failed_reference(ref.float_label, ref.quant_label, ref.integer_label, ref.min_float_cosine,
+                                       float_broken)
+            self.result.float_reference = ref
 
     # ------------------------------------------------------------------ isolation
     def _isolation(self, onnx_side, board_side, frames: list, program, broken: dict[str, str]):

@@ -229,6 +229,7 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
         if pair.layers and len(pair.layers) > len(worst):
             _console.print(f"[dim]{len(pair.layers)} layers compared, the {len(worst)} least agreeing shown; "
                            "--html plots them all along the network[/dim]")
+    _print_float_reference_table(result, top)
     if result.latency_failure:
         _console.print(f"[red]{_literal(result.latency_failure)}[/red]")
     fd = result.first_divergent
@@ -249,6 +250,24 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
     line = result.board_runs_line()
     if line:
         _console.print(f"[{'red' if result.board_findings else 'green'}]{_literal(line)}[/]", soft_wrap=True)
+    if result.float_reference is not None:
+        from qverify.client.float_views import print_float_verdict
+
+        print_float_verdict(_console, result.float_reference, _literal)
+
+
+def _print_float_reference_table(result, top: int) -> None:
+    """The float reference's per-layer table (sat/ovf columns from the distributions when non-zero),
+    then one line per layer the distributions point out."""
+    from qverify.client import float_views
+
+    counts, flags = float_views.distribution_columns(result.distributions)
+    if result.float_reference is not None:
+        float_views.print_float_table(_console, result.float_reference, counts, top)
+    elif counts:
+        float_views.print_counts_table(_console, counts)
+    for line in flags:
+        _console.print(f"[yellow]{_literal(line)}[/yellow]", soft_wrap=True)
 
 
 def _print_isolation(pair) -> None:

@@ -45,12 +45,12 @@ from typing import Any, Iterator
 
 from qverify.client.farm.outcomes import CONSISTENT, INCONSISTENT, INFRA, FarmResult, Regression
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.float_cosine (the float model vs quant.onnx)
 BUSY_TIMEOUT_S = 60.0
 _LATENCY = ("frames", "median_ms", "p99_ms", "min_ms", "max_ms", "mean_ms")
 _JOB_COLUMNS = ("run_id", "board", "model", "outcome", "skipped", "message", "attempts", "seconds",
                 "min_exact_fraction", "min_cosine", "max_lsb", "first_divergent", "first_divergent_tensor",
-                *(f"latency_{k}" for k in _LATENCY), "versions", "model_sha256")
+                *(f"latency_{k}" for k in _LATENCY), "versions", "model_sha256", "float_cosine")
 _SCHEMA = [
     """CREATE TABLE runs (run_id TEXT PRIMARY KEY, inventory TEXT NOT NULL, started TEXT NOT NULL,
        started_ts REAL NOT NULL, finished TEXT NOT NULL, qverify_version TEXT NOT NULL, exit_code INTEGER NOT NULL)""",
@@ -60,7 +60,7 @@ _SCHEMA = [
        min_exact_fraction REAL, min_cosine REAL, max_lsb INTEGER, first_divergent TEXT NOT NULL,
        first_divergent_tensor TEXT NOT NULL, latency_frames INTEGER, latency_median_ms REAL, latency_p99_ms REAL,
        latency_min_ms REAL, latency_max_ms REAL, latency_mean_ms REAL, versions TEXT NOT NULL,
-       model_sha256 TEXT NOT NULL)""",
+       model_sha256 TEXT NOT NULL, float_cosine REAL)""",
     "CREATE INDEX jobs_pair ON jobs(board, model)",
     "CREATE INDEX jobs_run ON jobs(run_id)",
     """CREATE TABLE boards (run_id TEXT NOT NULL, name TEXT NOT NULL, address TEXT NOT NULL, place TEXT NOT NULL,
@@ -145,6 +145,9 @@ class History:
             if version == 0:
                 for statement in _SCHEMA:
                     self._db.execute(statement)
+            elif version == 1:  # a history from before float models: its jobs have no float cosine
+                self._db.execute("ALTER TABLE jobs ADD COLUMN float_cosine REAL")
+            if version < SCHEMA_VERSION:
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -179,7 +182,7 @@ class History:
             jobs.append((result.run_id, j.board, j.model, j.outcome, int(j.skipped), j.message, j.attempts,
                          j.seconds, j.min_exact_fraction, j.min_cosine, j.max_lsb, j.first_divergent,
                          j.first_divergent_tensor, *lat, json.dumps(j.versions, sort_keys=True),
-                         json.dumps(j.model_sha256, sort_keys=True)))
+                         json.dumps(j.model_sha256, sort_keys=True), j.float_cosine))
         with self._transaction() as db:
             for table in ("jobs", "boards", "regressions", "runs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (result.run_id,))
@@ -235,6 +238,9 @@ class History:
                 if (old is not None and new is not None and (1 - new) > 2 * (1 - old)
                         and old - new > agreement_drop / 10):
                     drops.append(f"min cosine {old:.5f} -> {new:.5f}")
+                old, new = good["float_cosine"], job.float_cosine
+                if old is not None and new is not None and old - new > 0.01:  # the model was re-quantized worse
+                    flag("quantization_loss", f"float vs quant.onnx output cosine {old:.5f} -> {new:.5f} ({since})")
                 if drops:
                     flag("agreement_dropped", f"{', '.join(drops)} ({since})")
             lat, old_median = job.latency, good["latency_median_ms"]
@@ -252,7 +258,7 @@ class History:
         """One row per job, by run start time then board and model (for trend plots)."""
         rows = self._db.execute(
             "SELECT r.run_id, r.started, j.board, j.model, j.outcome, j.skipped, j.min_exact_fraction, j.min_cosine,"
-            " j.max_lsb, j.latency_median_ms, j.latency_p99_ms FROM jobs j JOIN runs r ON r.run_id = j.run_id"
+            " j.max_lsb, j.latency_median_ms, j.latency_p99_ms, j.float_cosine FROM jobs j JOIN runs r ON r.run_id = j.run_id"
             " WHERE r.started_ts >= ? AND (? IS NULL OR j.board = ?) AND (? IS NULL OR j.model = ?)"
             " ORDER BY r.started_ts, j.board, j.model, j.rowid",
             (_ts(since), board, board, model, model)).fetchall()
@@ -289,7 +295,8 @@ class History:
                     p = pairs[key] = {"board": key[0], "model": key[1], "runs": 0, CONSISTENT: 0, INCONSISTENT: 0,
                                       INFRA: 0, "skipped": 0, "last_outcome": "", "last_run": "",
                                       "last_good_run": "", "last_good_started": "", "latency_first_ms": None,
-                                      "latency_last_ms": None, "regressions": 0}
+                                      "latency_last_ms": None, "regressions": 0,
+                                      "float_cosine_first": None, "float_cosine_last": None}
                     good = self._previous(*key, float("inf"), "", good=True)
                     if good is not None:
                         p["last_good_run"], p["last_good_started"] = good["run_id"], good["started"]
@@ -302,6 +309,10 @@ class History:
                     if p["latency_first_ms"] is None:
                         p["latency_first_ms"] = median
                     p["latency_last_ms"] = median
+                if row["float_cosine"] is not None:  # quantization loss, when the entry has a float model
+                    if p["float_cosine_first"] is None:
+                        p["float_cosine_first"] = row["float_cosine"]
+                    p["float_cosine_last"] = row["float_cosine"]
             for reg in regressions:
                 if (reg["board"], reg["model"]) in pairs:
                     pairs[reg["board"], reg["model"]]["regressions"] += 1
@@ -324,6 +335,14 @@ def _latency_trend(first: float | None, last: float | None) -> str:
     return f"{_ms(first)} → {_ms(last)} ms ({(last / first - 1) * 100:+.0f} %)"
 
 
+def _float_trend(p: dict[str, Any]) -> str:
+    """Float model vs quant.onnx output cosine: ``0.99712`` or ``0.99712 -> 0.97310``; "—" without a float model."""
+    first, last = p.get("float_cosine_first"), p.get("float_cosine_last")
+    if last is None:
+        return "—"
+    return f"{last:.5f}" if first is None or abs(first - last) < 5e-6 else f"{first:.5f} -> {last:.5f}"
+
+
 def render_report(history: History, since: datetime, console: Any) -> None:
     """``qverify farm report``: one table row per (board, model), then the regressions of the period."""
     from rich.markup import escape
@@ -340,8 +359,9 @@ def render_report(history: History, since: datetime, console: Any) -> None:
         return
     colours = {CONSISTENT: "green", INCONSISTENT: "red", INFRA: "yellow"}
     table = Table(show_edge=False)
+    floats = any(p.get("float_cosine_last") is not None for p in data["pairs"])
     for name in ("board", "model", "runs", "✓", "✗", "infra", "last outcome", "last good run",
-                 "latency median", "regressions"):
+                 "latency median", "regressions", *(["float cosine"] if floats else [])):
         table.add_column(name, justify="right" if name in ("runs", "✓", "✗", "infra", "regressions") else "left")
     for p in data["pairs"]:
         last = p["last_outcome"] + (" (skipped)" if p["last_outcome"] == INFRA and p["skipped"] else "")
@@ -350,7 +370,8 @@ def render_report(history: History, since: datetime, console: Any) -> None:
                       str(p[INCONSISTENT]), str(p[INFRA]), f"[{colour}]{escape(last)}[/]",
                       _short(p["last_good_started"]) if p["last_good_run"] else "never",
                       _latency_trend(p["latency_first_ms"], p["latency_last_ms"]),
-                      f"[red]{p['regressions']}[/]" if p["regressions"] else "0")
+                      f"[red]{p['regressions']}[/]" if p["regressions"] else "0",
+                      *([_float_trend(p)] if floats else []))
     console.print(table)
     for reg in data["regressions"]:
         console.print(f"[red]{escape(reg['kind'])}[/] {_short(reg['started'])} {escape(reg['board'])} "
@@ -372,7 +393,8 @@ def render_report_html(history: History, since: datetime) -> str:
     rows = [[p["board"], p["model"], str(p["runs"]), str(p[CONSISTENT]), str(p[INCONSISTENT]), str(p[INFRA]),
              p["last_outcome"] + (" (skipped)" if p["last_outcome"] == INFRA and p["skipped"] else ""),
              _short(p["last_good_started"]) if p["last_good_run"] else "never",
-             _latency_trend(p["latency_first_ms"], p["latency_last_ms"]), str(p["regressions"])]
+             _latency_trend(p["latency_first_ms"], p["latency_last_ms"]), str(p["regressions"]),
+             *([_float_trend(p)] if any(q.get("float_cosine_last") is not None for q in data["pairs"]) else [])]
             for p in data["pairs"]]
     regressions = [[_short(g["started"]), g["board"], g["model"], g["kind"], g["message"], g["previous_run"]]
                    for g in data["regressions"]]

@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 TABLES = ("settings", "defaults", "boards", "models", "matrix")
-PATH_KEYS = ("ssh_key", "known_hosts", "token_file", "tls_ca", "tls_cert", "tls_key", "bin", "onnx")
+PATH_KEYS = ("ssh_key", "known_hosts", "token_file", "tls_ca", "tls_cert", "tls_key", "bin", "onnx", "float_model")
 
 
 class InventoryError(ValueError):
@@ -103,6 +103,10 @@ class ModelEntry(_Table):
     name: str = Field(description="a name (string)")
     bin: Path = Field(description="the compiled model.bin to run on the boards (a file path)")
     onnx: Optional[Path] = Field(None, description="a file path (the quantized ONNX model)")
+    float_model: Optional[Path] = Field(None, description="a file path (the float ONNX model onnx was quantized "
+                                                          "from: the golden reference; needs onnx)")
+    min_float_cosine: float = Field(0.98, ge=-1, le=1, description="a number -1..1 (float vs quant.onnx outputs: "
+                                                                    "below it, a quantization-loss warning)")
     inputs: list[str] = Field(default_factory=list, description="a file, a folder, or a list of them")
     seed: int = Field(0, description="an integer")
     digits: int = Field(5, ge=0, le=12, description="an integer 0..12")
@@ -151,7 +155,7 @@ class MatrixRule(_Table):
 BOARD_KEYS = set(BoardEntry.model_fields)
 MODEL_KEYS = set(ModelEntry.model_fields)
 SETTINGS_KEYS = set(Settings.model_fields)
-DEFAULT_KEYS = (BOARD_KEYS | MODEL_KEYS) - {"name", "host", "place", "bin", "onnx"}
+DEFAULT_KEYS = (BOARD_KEYS | MODEL_KEYS) - {"name", "host", "place", "bin", "onnx", "float_model"}
 # [defaults]: any board or model key that two entries can share, all optional.
 Defaults = create_model(  # type: ignore[call-overload]
     "Defaults", __config__=ConfigDict(extra="forbid"),
@@ -366,10 +370,13 @@ def check_entries(errors: Collector, boards: list[BoardEntry | None], models: li
     for i, m in enumerate(models):
         if m is None:
             continue
-        for key in ("bin", "onnx"):
+        for key in ("bin", "onnx", "float_model"):
             path = getattr(m, key)
             if path is not None and not path.is_file():
                 errors.add(f"models[{i}].{key}", f"{path} does not exist", "models", i, key)
+        if m.float_model is not None and m.onnx is None:
+            errors.add(f"models[{i}].float_model", "a float model is compared with the quant.onnx quantized from "
+                       "it: set onnx too", "models", i, "float_model")
         for item in m.inputs:
             if not Path(item).exists():
                 errors.add(f"models[{i}].inputs", f"{item} does not exist", "models", i, "inputs")

@@ -53,6 +53,7 @@ class JobResult:
     min_cosine: float | None = None
     max_lsb: int | None = None
     first_divergent: str = ""  # node name, "" when none
+    float_cosine: float | None = None  # float model vs quant.onnx, worst output (quantization loss); None: no float model
     first_divergent_tensor: str = ""
     latency: Latency | None = None
     versions: dict[str, str] = field(default_factory=dict)  # agent, backend, runtime, driver, firmware, target

@@ -87,6 +87,8 @@ def _job_details(job: JobResult) -> str:
     lines = [job.message, _divergence(job),
              f"min exact fraction {_exact_pct(job.min_exact_fraction)}, min cosine {_fmt(job.min_cosine, '.6f')}, "
              f"max LSB {'—' if job.max_lsb is None else job.max_lsb}",
+             f"float vs quant.onnx output cosine {_fmt(job.float_cosine, '.6f')} (quantization loss)"
+             if job.float_cosine is not None else "",
              f"latency median {_fmt(lat.median_ms)} ms, p99 {_fmt(lat.p99_ms)} ms over {lat.frames} frames"
              if lat else "", f"attempts {job.attempts}, {job.seconds:.2f} s",
              *(f"model {k} sha256 {v}" for k, v in job.model_sha256.items())]

@@ -204,11 +204,13 @@ class FarmRun:
         start = time.perf_counter()
         timeout = model.timeout_s or self.settings.timeout_s
         files = [model.onnx, model.bin] if model.onnx else [model.bin]
+        if model.float_model is not None:  # the golden reference: quantization loss in the history
+            files.insert(0, model.float_model)
         options = dict(**board_settings(board, user, ssh_port, timeout).as_kwargs(),
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),
-                       host_cache=self.host_cache)
+                       host_cache=self.host_cache, min_float_cosine=model.min_float_cosine)
         result, error, attempts = self._retrying(lambda: qverify.verify(files, host, **options))
         # A board that stops answering in the middle of a run may have crashed (its fault) or
         # lost the network (the lab's): run again; dying every time is the board's answer.
@@ -239,6 +241,10 @@ class FarmRun:
             job.message += f"; {result.board_runs_line()}"
         if result.latency_failure:
             job.message += f"; {result.latency_failure}"
+        ref = result.float_reference
+        if ref is not None:  # quantization loss: a warning in the message, the cosine in the history
+            job.message += f"; {ref.verdict_line()}"
+            job.float_cosine = ref.output_cosine if not ref.message else None
         tensors = [t for p in result.pairs for t in p.outputs]
         if tensors:
             job.min_exact_fraction = min(t.exact_fraction for t in tensors)

@@ -105,7 +105,8 @@ def history_page(head: str, pairs: list[list[str]], regressions: list[list[str]]
     """The page of ``qverify farm report --html``: ``head`` (HTML), then tables of plain-text cells."""
     body = "\n".join([head, "<h2>Pairs</h2>", html_table(
         ["board", "model", "runs", "consistent", "inconsistent", "infra", "last outcome", "last good run",
-         "latency median", "regressions"], [html_row(map(_E, r)) for r in pairs]) if pairs else "<p>no jobs recorded</p>",
+         "latency median", "regressions", *(["float cosine"] if pairs and len(pairs[0]) > 10 else [])],
+        [html_row(map(_E, r)) for r in pairs]) if pairs else "<p>no jobs recorded</p>",
         "<h2>Regressions</h2>" + (html_table(["run started", "board", "model", "kind", "what", "last good run"],
                                          [html_row(map(_E, r)) for r in regressions]) if regressions else "<p>none</p>"),
         trend_section(trend)])
