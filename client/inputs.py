@@ -5,7 +5,8 @@ Most real-world "accuracy loss" is the board and the reference being fed differe
 place, with the preprocessing spec embedded in model.bin, so they cannot drift:
 
 * an image (jpg/png/bmp) -> the uint8 NHWC image the board takes (in the channel order
-  and size the spec names) and ``(pixel - mean) / std`` in NCHW for quant.onnx;
+  and size the spec names; encoded as NV12 / YUV444 frames when the board takes those)
+  and ``(pixel - mean) / std`` in NCHW for quant.onnx;
 * a .npy/.npz/.bin tensor -> float32 in ONNX layout is quantized for the board with the
   input's scale and zero point (exactly what quant.onnx's QuantizeLinear does); a uint8
   NHWC array is an image for models with embedded preprocessing; an int8 array in the
@@ -58,9 +59,12 @@ def ports_from_program(program: Program) -> list[InputPort]:
     for tensor, onnx_name in zip(program.inputs, onnx_names):
         pre = program.preprocess.get(tensor.name) or program.preprocess.get(onnx_name)
         if pre is not None:
+            from qverify.simulator.compiler.preprocess import frame_shape
+
             n, h, w, c = (int(d) for d in pre.image_shape)
             onnx_shape = (n, len(pre.mean), h, w)
-            ports.append(InputPort(tensor.name, onnx_name, onnx_shape, (n, h, w, c), np.dtype(np.uint8), tensor, pre))
+            ports.append(InputPort(tensor.name, onnx_name, onnx_shape, frame_shape(pre), np.dtype(np.uint8), tensor,
+                                   pre))
         else:
             ports.append(InputPort(tensor.name, onnx_name, tuple(tensor.shape), feed_shape(tensor), tensor.dtype,
                                    tensor))
@@ -123,11 +127,16 @@ def place_array(port: InputPort, array: np.ndarray, frame: Frame, source: str) -
     """Put one user array into the frame, deciding by dtype and shape what it is."""
     a = np.asarray(array)
     if port.preprocess is not None and a.dtype == np.uint8:
-        if a.ndim == 3:
+        nv12 = port.preprocess.color == "NV12"
+        if nv12 and tuple(a.shape) in (port.board_shape[1:3], port.board_shape[:3]):
+            a = a.reshape(port.board_shape)  # (H*3/2, W) or (1, H*3/2, W): the usual ways to hold NV12
+        elif a.ndim == 3:
             a = a[None]
         if tuple(a.shape) != port.board_shape:
+            layout = "an NV12 frame (N, H*3/2, W, 1): Y plane, then interleaved UV" if nv12 else \
+                f"(N,H,W,C), {port.preprocess.color}"
             raise InputFileError(f"{source}: image array {a.dtype}{list(a.shape)} does not fit input '{port.name}', "
-                                 f"which takes uint8{list(port.board_shape)} (N,H,W,C)")
+                                 f"which takes uint8{list(port.board_shape)}, {layout}")
         _from_image_array(port, a, frame, source)
         return
     if a.dtype == np.int8 and port.tensor is not None and port.tensor.quantized and port.preprocess is None:
@@ -152,7 +161,8 @@ def place_array(port: InputPort, array: np.ndarray, frame: Frame, source: str) -
 
 
 def load_image(path: Path, port: InputPort) -> np.ndarray:
-    """Decode an image file into the uint8 (1, H, W, C) the board takes, in the spec's channel order."""
+    """Decode an image file into the uint8 frame the board takes: (1, H, W, C) in the spec's channel
+    order, or the NV12 / YUV444 frame of the image."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -161,6 +171,7 @@ def load_image(path: Path, port: InputPort) -> np.ndarray:
     if pre is None:
         raise InputFileError(f"{path}: input '{port.name}' has no embedded preprocessing, so an image cannot be fed; "
                              "compile with --preprocess, or give the float input tensor as .npy")
+    yuv = pre.color in ("NV12", "YUV444")  # decoded as RGB, then encoded as the camera would
     try:
         with Image.open(path) as img:
             gray = pre.color == "GRAY"
@@ -171,6 +182,10 @@ def load_image(path: Path, port: InputPort) -> np.ndarray:
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputFileError(f"{path}: not a readable image ({exc})") from None
+    if yuv:
+        from qverify.simulator.compiler.preprocess import encode_frame
+
+        return encode_frame(pixels, pre.color)
     if gray:
         pixels = pixels[..., None]
     elif pre.color == "BGR":

@@ -139,6 +139,11 @@ def _check_tensor(program: Program, tensor, limit: int, where: str) -> None:
         raise ProgramError(f"{what} has unknown layout '{tensor.info.logical_layout}'; {FIX}")
 
 
+COLORS = ("BGR", "RGB", "GRAY")
+YUV = ("NV12", "YUV444")  # frames the board converts to RGB (simulator/ops/preprocess.py)
+FRAMES = COLORS + YUV
+
+
 def _check_preprocess(program: Program, where: str) -> None:
     proto = program.proto
     names = set(proto.inputs) | set(proto.onnx_inputs)
@@ -148,17 +153,33 @@ def _check_preprocess(program: Program, where: str) -> None:
         problem = ""
         if pre.input not in names:
             problem = "names no input of the program"
-        elif pre.color not in ("BGR", "RGB", "GRAY") or pre.model_color not in ("BGR", "RGB", "GRAY"):
+        elif pre.color not in FRAMES or pre.model_color not in COLORS:
             problem = f"has unknown colors '{pre.color}'/'{pre.model_color}'"
         elif channels not in (1, 3) or len(pre.std) != channels:
             problem = f"has {channels} means and {len(pre.std)} stds, expected 1 or 3 of each"
         elif pre.color != "GRAY" and (channels == 1 or pre.model_color == "GRAY"):
             problem = "takes color images for a one-channel model"
+        elif pre.color in YUV and (len(pre.image_shape) != 4 or pre.image_shape[3] != 3):
+            problem = f"takes {pre.color} frames but has image shape {list(pre.image_shape)}, expected N,H,W,3"
+        elif pre.color == "NV12" and (pre.image_shape[1] % 2 or pre.image_shape[2] % 2):
+            problem = f"takes NV12 frames of an odd size {list(pre.image_shape)}; NV12 needs an even H and W"
         elif not all(math.isfinite(v) for v in pre.mean) or not all(math.isfinite(v) and v != 0 for v in pre.std):
             problem = "has a mean or std that is not finite, or a zero std"
         elif len(pre.image_shape) != 4 or any(d < 1 for d in pre.image_shape):
             problem = f"has image shape {list(pre.image_shape)}, expected 4 dims >= 1"
         elif shape_bytes(pre.image_shape, 1) > DEFAULT_MAX_TENSOR_BYTES:
             problem = f"has an image shape {list(pre.image_shape)} too large for any board"
+        elif pre.input in proto.onnx_inputs and pre.input not in proto.inputs:
+            frame = _frame_shape(pre)  # the board's uint8 tensor must be that frame
+            image = program.tensors.get(proto.inputs[list(proto.onnx_inputs).index(pre.input)])
+            if image is not None and tuple(image.shape) != frame:
+                problem = (f"takes {pre.color} frames {list(frame)} but its input tensor '{image.name}' is "
+                           f"{list(image.shape)}")
         if problem:
             raise ProgramError(f"{what} {problem}; {FIX}")
+
+
+def _frame_shape(pre: model_pb2.Preprocess) -> tuple[int, ...]:
+    """The uint8 tensor the board takes (compiler.preprocess.frame_shape, without importing the compiler)."""
+    n, h, w, c = (int(d) for d in pre.image_shape)
+    return (n, h * 3 // 2, w, 1) if pre.color == "NV12" else (n, h, w, c)

@@ -358,11 +358,21 @@ def gather(c: NodeCheck) -> None:
 def preprocess(c: NodeCheck) -> None:
     (image,) = c.inputs(1, dtype=UINT8, ranks=(4, 4))
     (tables,) = c.consts(1)
-    channel_map = c.ints_attr("channel_map", None, 0, image[3] - 1)
+    n, h, w, channels = image
+    fmt = c.attr("format", "")
+    if fmt:  # a YUV frame becomes a 3-channel RGB image first
+        c.str_attr("format", ("NV12", "YUV444"))
+        if fmt == "NV12":
+            if channels != 1 or h % 3 or (h * 2 // 3) % 2 or w % 2:
+                c.fail(f"takes an NV12 frame {list(image)}, expected (N, H*3/2, W, 1) with H and W even")
+            h = h * 2 // 3
+        elif channels != 3:
+            c.fail(f"takes a YUV444 frame {list(image)}, expected (N, H, W, 3)")
+        channels = 3
+    channel_map = c.ints_attr("channel_map", None, 0, channels - 1)
     c.const(tables, "tables", shape=(len(channel_map), 256), dtype=INT8)
     if not channel_map:
         c.fail("attribute 'channel_map' is empty")
-    n, h, w, _ = image
     c.outputs([(n, len(channel_map), h, w)])
 
 
