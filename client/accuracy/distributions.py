@@ -1,0 +1,484 @@
+"""Per-layer value distributions: histograms, per-channel ranges, saturation and overflow counts.
+
+:class:`DistributionCollector` takes a model's tensors frame by frame (a board's dumps, the
+simulator's, onnxruntime's or the float model's) and keeps, per tensor, a bounded summary:
+
+- **integer codes** (``scale`` given; int8, uint8, int16): one exact histogram over the codes
+  (``np.bincount``), and per channel a 256-bin histogram over the codes (exact for 8-bit
+  codes, 256 codes a bin for int16). Quartiles of 8-bit codes are exact (they equal
+  ``np.percentile`` of the dequantized values); int32 codes are dequantized and summarised as
+  floats.
+- **floats**: 256 bins of equal width fixed by the first frame's range. A later value outside
+  them doubles the width, merging bins in pairs, until the range covers it, so every count
+  stays exact, only coarser. Channels share these edges; their quartiles are interpolated
+  within a bin (within one bin width of the truth).
+
+Minimum, maximum, mean and standard deviation (tensor and channels' min/max) are exact
+either way. Nothing keeps a frame: the memory per tensor is bounded by its channel count
+times 256 counters.
+
+Saturation: the executor and the board count, per layer, outputs clamped to the int8 range
+(:meth:`DistributionCollector.add_counts`). A layer whose zero point is its lowest code has a
+ReLU folded into its range, and clamping negatives there is the activation, not a loss, so
+then only clamps bounded by the values at the top code count. Without counts, the values at
+the code limits (a limit at the zero point excepted) are what is reported.
+
+:func:`weight_distributions` gives the same summaries for the weights of a quant.onnx (QDQ or
+QOperator) or a float model; :func:`html_section` and :func:`terminal_columns` show them.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qverify.client.accuracy.distribution_html import html_section  # re-exported: the HTML fragment
+from qverify.client.errors import EXIT_BAD_INPUT, Failure
+
+__all__ = ["DistributionCollector", "LayerDistribution", "weight_distributions", "html_section", "terminal_columns",
+           "SATURATION_FLAG", "SPREAD_FLAG", "CODE_USE_FLAG"]
+
+SATURATION_FLAG = 0.01  # a layer saturating more than this fraction of its values is pointed out
+SPREAD_FLAG = 10.0  # widest channel range / median channel range beyond this: per-channel or int16 candidate
+CODE_USE_FLAG = 0.25  # int8 weights whose largest |code - zero point| is below this fraction of 127
+BINS = 256  # float histogram bins and per-channel bins (bounded memory)
+
+
+@dataclass
+class LayerDistribution:
+    """The value distribution of one tensor over the frames seen (or of one weight)."""
+    name: str
+    kind: str  # "activation" or "weight"
+    elements: int  # values per frame (the largest frame's)
+    histogram: list[int]
+    bin_edges: list[float]  # len(histogram) + 1 edges, in real (dequantized) units
+    min: float
+    max: float
+    mean: float
+    std: float
+    channel_min: list[float]
+    channel_max: list[float]
+    channel_p25: list[float]
+    channel_median: list[float]
+    channel_p75: list[float]
+    saturated: int  # outputs clamped to the int8 range, as counted by the executor or the board
+    acc_overflow: int  # int32 accumulator overflows, as counted
+    saturation_fraction: float
+    channel_spread: float  # widest channel range / median channel range (1.0 for one channel)
+    flags: list[str] = field(default_factory=list)
+    frames: int = 0
+    values: int = 0  # values summarised: sum(histogram)
+    at_limits: int = 0  # values at the lowest or highest code (a limit at the zero point excepted)
+    nonfinite: int = 0  # NaN or infinite values (left out of the figures)
+    scale: float | None = None
+    zero_point: int | None = None
+    tensor: str = ""  # for a weight: the initializer; else the tensor name
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (non-finite numbers as null)."""
+        from qverify.client.reports import finite
+
+        return finite(asdict(self))
+
+
+# ---------------------------------------------------------------- bounded histograms
+
+class _CodeHist:
+    """Exact histogram over integer codes; per channel 256 bins of ``1 << shift`` codes."""
+
+    def __init__(self, dtype: np.dtype, channels: int) -> None:
+        info = np.iinfo(dtype)
+        self.offset, self.size = -int(info.min), int(info.max) - int(info.min) + 1
+        self.qmin, self.qmax = int(info.min), int(info.max)
+        self.shift = max(0, int(math.log2(self.size)) - 8)
+        self.counts = np.zeros(self.size, np.int64)
+        self.channel = np.zeros((channels, self.size >> self.shift), np.int64)
+
+    def add(self, codes: np.ndarray) -> None:  # codes: (C, n) ints
+        index = codes.astype(np.int64) + self.offset
+        self.counts += np.bincount(index.ravel(), minlength=self.size)
+        rows = (index >> self.shift) + (np.arange(codes.shape[0], dtype=np.int64) * self.channel.shape[1])[:, None]
+        self.channel += np.bincount(rows.ravel(), minlength=self.channel.size).reshape(self.channel.shape)
+
+
+class _FloatHist:
+    """256 equal bins fixed by the first frame, doubled in width (pairs merged) to cover new values."""
+
+    def __init__(self, channels: int) -> None:
+        self.lo: float | None = None
+        self.width = 0.0
+        self.channel = np.zeros((channels, BINS), np.int64)
+
+    def _cover(self, vmin: float, vmax: float) -> None:
+        if self.lo is None:
+            # A power-of-two width and an origin on its grid make every edge exact in float64, so a
+            # value is binned the same way before and after any widening.
+            span = vmax - vmin
+            self.width = 2.0 ** math.ceil(math.log2(span / BINS)) if span > 0 else \
+                2.0 ** (math.floor(math.log2(abs(vmin))) - 20 if vmin else -20)
+            self.lo = math.floor(vmin / self.width) * self.width
+        while vmin < self.lo or vmax >= self.lo + BINS * self.width:
+            merged = self.channel.reshape(self.channel.shape[0], BINS // 2, 2).sum(axis=2)
+            self.channel[:] = 0
+            if vmin < self.lo:  # grow to the left: the old bins become the upper half
+                self.lo -= BINS * self.width
+                self.channel[:, BINS // 2:] = merged
+            else:
+                self.channel[:, :BINS // 2] = merged
+            self.width *= 2
+
+    def add(self, values: np.ndarray) -> None:  # values: (C, n) float64, NaN where not finite
+        ok = ~np.isnan(values)
+        if not ok.any():
+            return
+        self._cover(float(values[ok].min()), float(values[ok].max()))
+        # Bin by the edges published in the summary (as np.histogram does), not by a division that may round.
+        edges = self.lo + np.arange(BINS + 1) * self.width
+        index = np.clip(np.searchsorted(edges, np.where(ok, values, self.lo), side="right") - 1, 0, BINS - 1)
+        rows = index + (np.arange(values.shape[0], dtype=np.int64) * BINS)[:, None]
+        self.channel += np.bincount(rows[ok], minlength=self.channel.size).reshape(self.channel.shape)
+
+
+class _Tensor:
+    """What the collector keeps for one tensor."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+        self.hist: _CodeHist | _FloatHist | None = None
+        self.scale: float | None = None
+        self.zero_point = 0
+        self.frames = self.elements = self.values = self.nonfinite = 0
+        self.mean = self.m2 = 0.0  # running mean and sum of squared deviations (Chan et al.)
+        self.cmin: np.ndarray | None = None
+        self.cmax: np.ndarray | None = None
+        self.saturated = self.acc_overflow = self.count_runs = self.count_elements = 0
+
+    def merge_moments(self, n: int, mean: float, m2: float) -> None:
+        total = self.values + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.values * n / total
+        self.values = total
+
+
+def _channels_first(values: np.ndarray, axis: int) -> np.ndarray:
+    """(C, n) view: channel axis first, everything else flattened; no channel axis -> one channel."""
+    if values.ndim == 0 or axis >= values.ndim or axis < -values.ndim:
+        return values.reshape(1, -1)
+    return np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+
+
+class DistributionCollector:
+    """Collects per-tensor distributions frame by frame, in bounded memory (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, _Tensor] = {}
+
+    def _entry(self, name: str, kind: str) -> _Tensor:
+        if kind not in ("activation", "weight"):
+            raise ValueError(f"kind must be 'activation' or 'weight', got {kind!r}")
+        if name not in self._tensors:
+            self._tensors[name] = _Tensor(name, kind)
+        return self._tensors[name]
+
+    def add(self, name: str, values: np.ndarray, *, scale: float | None = None, zero_point: int | None = None,
+            kind: str = "activation", channel_axis: int = 1) -> None:
+        """One frame of tensor ``name``: integer codes with their ``scale`` and ``zero_point``, or floats."""
+        t = self._entry(name, kind)
+        values = np.asarray(values)
+        codes = scale is not None and values.dtype.kind in "iu" and values.dtype.itemsize <= 2
+        if scale is not None and not codes:  # int32 codes (or floats given a scale): summarised as real values
+            values = (values.astype(np.float64) - (zero_point or 0)) * float(scale)
+        data = _channels_first(values, channel_axis)
+        if t.hist is None:
+            t.hist = _CodeHist(values.dtype, data.shape[0]) if codes else _FloatHist(data.shape[0])
+            t.scale, t.zero_point = (float(scale), int(zero_point or 0)) if codes else (None, 0)
+            t.cmin = np.full(data.shape[0], np.inf)
+            t.cmax = np.full(data.shape[0], -np.inf)
+        elif codes != isinstance(t.hist, _CodeHist) or data.shape[0] != t.cmin.shape[0] or (
+                codes and (float(scale), int(zero_point or 0)) != (t.scale, t.zero_point)):
+            raise ValueError(f"tensor '{name}' changed its kind of values, channel count or quantization "
+                             "between frames; give each tensor one name per shape and quantization")
+        t.frames += 1
+        t.elements = max(t.elements, int(values.size))
+        if codes:
+            t.hist.add(data)
+            real = (data.astype(np.float64) - t.zero_point) * t.scale
+        else:
+            real = data.astype(np.float64)
+            finite = np.isfinite(real)
+            if not finite.all():  # NaN/inf are counted, then left out of every figure
+                t.nonfinite += int(real.size - np.count_nonzero(finite))
+                real = np.where(finite, real, np.nan)
+            t.hist.add(real)
+        live = real[~np.isnan(real)]
+        if live.size:
+            t.merge_moments(int(live.size), float(live.mean()), float(((live - live.mean()) ** 2).sum()))
+            with warnings.catch_warnings():  # an all-NaN channel keeps its running min/max
+                warnings.simplefilter("ignore", RuntimeWarning)
+                t.cmin = np.fmin(t.cmin, np.nanmin(real, axis=1))
+                t.cmax = np.fmax(t.cmax, np.nanmax(real, axis=1))
+
+    def add_counts(self, name: str, *, saturated: int, acc_overflow: int, elements: int | None = None) -> None:
+        """One run's saturation and accumulator-overflow counts of layer ``name`` (the executor's LayerStats,
+        or a board run's timing); ``elements`` is its output size, for a layer whose values are not added."""
+        t = self._entry(name, self._tensors[name].kind if name in self._tensors else "activation")
+        t.saturated += int(saturated)
+        t.acc_overflow += int(acc_overflow)
+        t.count_runs += 1
+        t.count_elements += int(elements or 0)
+
+    def summaries(self) -> list[LayerDistribution]:
+        """Every tensor's summary, in the order the tensors were first added."""
+        return [_summarise(t) for t in self._tensors.values()]
+
+
+# ---------------------------------------------------------------- summaries and flags
+
+def _pct(fraction: float) -> str:
+    """3.1% / 0.0043%: enough digits that a small non-zero fraction does not read as 0."""
+    p = fraction * 100
+    return f"{p:.1f}%" if p >= 0.1 else f"{p:.2g}%"
+
+
+def _quartiles(rows: np.ndarray, lo: float, width: float, exact: bool) -> list[list[float]]:
+    """25th, 50th and 75th percentiles per channel from per-channel histograms (bin j: lo + j*width).
+
+    ``exact``: every bin holds one value (an 8-bit code at lo + (j + 0.5)*width), so the order
+    statistics are exact and the linear interpolation between them is np.percentile's.
+    Otherwise the rank is interpolated within its bin.
+    """
+    out: list[list[float]] = [[], [], []]
+    for row in rows:
+        n = int(row.sum())
+        cum = np.cumsum(row)
+        for k, q in enumerate((0.25, 0.5, 0.75)):
+            if n == 0:
+                out[k].append(math.nan)
+                continue
+            p = q * (n - 1)
+            if exact:
+                i0 = int(p)
+                x0 = int(np.searchsorted(cum, i0, side="right"))
+                x1 = int(np.searchsorted(cum, min(i0 + 1, n - 1), side="right"))
+                out[k].append(lo + (x0 + 0.5 + (p - i0) * (x1 - x0)) * width)
+            else:
+                j = int(np.searchsorted(cum, p, side="right"))
+                before = int(cum[j - 1]) if j else 0
+                out[k].append(lo + (j + (p - before + 0.5) / row[j]) * width)
+    return out
+
+
+def _spread(cmin: np.ndarray, cmax: np.ndarray) -> tuple[float, int | None, int | None]:
+    """(widest channel range / median channel range, narrowest channel, widest channel); channels with
+    no range at all (dead after a ReLU, constant) are left out."""
+    ranges = cmax - cmin
+    live = np.flatnonzero(np.isfinite(ranges) & (ranges > 0))
+    if live.size < 2:
+        return 1.0, None, None
+    median = float(np.median(ranges[live]))
+    narrow, wide = int(live[np.argmin(ranges[live])]), int(live[np.argmax(ranges[live])])
+    return float(ranges[wide]) / median, narrow, wide
+
+
+def _g(x: float) -> str:
+    return f"{x:.2g}"
+
+
+def _flags(d: LayerDistribution, counted: bool, narrow: int | None, wide: int | None, remedy: str) -> list[str]:
+    flags = []
+    if d.saturation_fraction > SATURATION_FLAG:
+        what = "saturates" if counted else "has at the int8 limits"
+        flags.append(f"{what} {_pct(d.saturation_fraction)} of its values: calibrate with more representative "
+                     "data or keep it in int16")
+    if d.channel_spread > SPREAD_FLAG and narrow is not None and wide is not None:
+        flags.append(f"channel ranges span {d.channel_spread:.0f}x (channel {narrow}: {_g(d.channel_min[narrow])}.."
+                     f"{_g(d.channel_max[narrow])}, channel {wide}: {_g(d.channel_min[wide])}..{_g(d.channel_max[wide])})"
+                     f": {remedy}")
+    if d.acc_overflow:
+        flags.append(f"int32 accumulator overflowed {d.acc_overflow} times: its inputs or weights are too large for "
+                     "int32 sums; rescale them (smaller input range) or run this layer on the CPU")
+    if d.nonfinite:
+        flags.append(f"{d.nonfinite} values are NaN or infinite: the model computes no number there")
+    return flags
+
+
+def _summarise(t: _Tensor, remedy: str = "a per-channel quantization or int16 candidate") -> LayerDistribution:
+    nan = math.nan
+    hist: list[int] = []
+    edges: list[float] = []
+    quart: list[list[float]] = [[], [], []]
+    at_limits = 0
+    if isinstance(t.hist, _CodeHist):
+        h, scale, zp = t.hist, t.scale or 1.0, t.zero_point
+        used = np.flatnonzero(h.counts)
+        if used.size:
+            first, last = int(used[0]), int(used[-1])
+            group = max(1, math.ceil((last - first + 1) / BINS))  # whole codes per bin: exact rebinning
+            pad = (-(last - first + 1)) % group
+            hist = np.pad(h.counts[first:last + 1], (0, pad)).reshape(-1, group).sum(axis=1).tolist()
+            code0 = first - h.offset
+            edges = [(code0 - zp - 0.5 + j * group) * scale for j in range(len(hist) + 1)]
+        at_limits = int(h.counts[h.qmax + h.offset]) + (int(h.counts[0]) if zp != h.qmin else 0)
+        width = (1 << h.shift) * scale
+        quart = _quartiles(h.channel, (-h.offset - zp - 0.5) * scale, width, exact=h.shift == 0)
+    elif isinstance(t.hist, _FloatHist) and t.hist.lo is not None:
+        totals = t.hist.channel.sum(axis=0)
+        used = np.flatnonzero(totals)
+        if used.size:
+            first, last = int(used[0]), int(used[-1])
+            hist = totals[first:last + 1].tolist()
+            edges = [t.hist.lo + (first + j) * t.hist.width for j in range(len(hist) + 1)]
+            quart = _quartiles(t.hist.channel, t.hist.lo, t.hist.width, exact=False)
+    cmin = t.cmin if t.cmin is not None else np.zeros(0)
+    cmax = t.cmax if t.cmax is not None else np.zeros(0)
+    finite = np.isfinite(cmin)
+    if quart[0]:  # an interpolated quartile never leaves its channel's range
+        quart = [np.clip(np.asarray(q), np.where(finite, cmin, -np.inf), np.where(finite, cmax, np.inf)).tolist()
+                 for q in quart]
+    counted = t.count_runs > 0
+    total = t.values if t.values else t.count_elements
+    if t.kind == "weight":  # weights are not clamped at run time: their int8 use is judged apart
+        lost = 0
+    elif counted and isinstance(t.hist, _CodeHist) and t.zero_point == t.hist.qmin:
+        # A ReLU folded into the range: clamps at the zero point are the activation; only top clamps count.
+        lost = min(t.saturated, int(t.hist.counts[-1]))
+    else:
+        lost = t.saturated if counted else at_limits
+    spread, narrow, wide = _spread(cmin, cmax)
+    d = LayerDistribution(
+        name=t.name, kind=t.kind, elements=t.elements, histogram=hist, bin_edges=edges,
+        min=float(cmin[finite].min()) if finite.any() else nan, max=float(cmax[finite].max()) if finite.any() else nan,
+        mean=t.mean if t.values else nan, std=math.sqrt(t.m2 / t.values) if t.values else nan,
+        channel_min=[float(v) if math.isfinite(v) else nan for v in cmin],
+        channel_max=[float(v) if math.isfinite(v) else nan for v in cmax],
+        channel_p25=quart[0], channel_median=quart[1], channel_p75=quart[2],
+        saturated=t.saturated, acc_overflow=t.acc_overflow, saturation_fraction=min(lost, total) / total if total else 0.0,
+        channel_spread=spread, frames=t.frames, values=t.values, at_limits=at_limits, nonfinite=t.nonfinite,
+        scale=t.scale, zero_point=t.zero_point if t.scale is not None else None, tensor=t.name)
+    d.flags = _flags(d, counted, narrow, wide, remedy)
+    return d
+
+
+def terminal_columns(dist: LayerDistribution) -> dict[str, str]:
+    """The layer's non-zero terminal columns: {"sat": "3.1%", "ovf": "12"}; {} for a clean layer."""
+    cols = {}
+    if dist.saturation_fraction > 0:
+        cols["sat"] = _pct(dist.saturation_fraction)
+    if dist.acc_overflow:
+        cols["ovf"] = str(dist.acc_overflow)
+    return cols
+
+
+# ---------------------------------------------------------------- weights
+
+# The weight input of each op, and the axis of its output channels (Gemm: by transB).
+_WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": -1,
+               "QLinearConv": 0, "QLinearMatMul": -1, "QGemm": None}  # QOperator: weight, scale, zp at 3, 4, 5
+_QOPERATOR = ("QLinearConv", "QLinearMatMul", "QGemm")
+
+
+def _out_axis(node, op: str) -> int:
+    if op in ("Gemm", "QGemm"):
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    return _WEIGHT_OPS[op]
+
+
+def _load(onnx_path: Path):
+    import onnx
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise Failure(f"model '{path}' not found; give the path of a float or quantized ONNX model", EXIT_BAD_INPUT)
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse error is the same bad input
+        raise Failure(f"'{path}' is not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                      "; give a float or quantized ONNX model", EXIT_BAD_INPUT) from None
+
+
+def _weights(model) -> list[tuple[str, str, np.ndarray, np.ndarray | None, np.ndarray | None, int, int]]:
+    """(layer, initializer, values, scale, zero point, scale axis, output-channel axis) per weight:
+    float values with no scale, or int8 codes with their per-tensor or per-axis scale."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    array = {}
+
+    def get(name: str) -> np.ndarray | None:
+        if name not in inits:
+            return None
+        if name not in array:
+            array[name] = numpy_helper.to_array(inits[name])
+        return array[name]
+
+    dequant = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    found, seen = [], set()
+    for node in model.graph.node:
+        op = node.op_type
+        index = 3 if op in _QOPERATOR else 1
+        if op not in _WEIGHT_OPS or len(node.input) <= index:
+            continue
+        source = node.input[index]
+        # onnxruntime names a QOperator node after its float node plus "_quant": keep the float node's name.
+        layer = (node.name[:-len("_quant")] if op in _QOPERATOR and node.name.endswith("_quant") else node.name) or source
+        if op in _QOPERATOR:  # QOperator: codes, scale, zero point are the op's own inputs
+            name, codes, scale, zp, axis = source, get(source), get(node.input[4]), get(node.input[5]), _out_axis(node, op)
+        elif source in dequant:  # QDQ: the DequantizeLinear of an int8 initializer
+            dq = dequant[source]
+            name, codes, scale = dq.input[0], get(dq.input[0]), get(dq.input[1])
+            zp = get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        else:  # a float model's weight
+            name, codes, scale, zp, axis = source, get(source), None, None, 0
+            if codes is None or codes.dtype.kind != "f":
+                continue
+        if codes is None or name in seen or codes.ndim < 1 or (scale is not None and codes.dtype.kind not in "iu"):
+            continue
+        seen.add(name)
+        found.append((layer, name, codes, scale, zp, axis, _out_axis(node, op)))
+    return found
+
+
+def weight_distributions(onnx_path: Path) -> list[LayerDistribution]:
+    """Per-output-channel ranges of every Conv/ConvTranspose/Gemm/MatMul weight of a quant.onnx (QDQ or
+    QOperator) or a float model, in graph order. Flags: a per-tensor-quantized (or float) weight whose
+    channels span very different ranges (the per-channel candidate), and int8 codes using little of
+    their range. Raises Failure (exit 2) for a file that is missing or not ONNX."""
+    model = _load(onnx_path)
+    out = []
+    for layer, name, values, scale, zp, axis, out_axis in _weights(model):
+        collector = DistributionCollector()
+        per_channel = scale is not None and np.size(scale) > 1
+        zp_arr = np.zeros_like(scale, dtype=np.int64) if scale is not None and zp is None else zp
+        if scale is None:
+            collector.add(layer, values, kind="weight", channel_axis=out_axis)
+        elif not per_channel:
+            collector.add(layer, values, scale=float(np.ravel(scale)[0]), zero_point=int(np.ravel(zp_arr)[0]),
+                          kind="weight", channel_axis=out_axis)
+        else:  # per-axis scales: dequantize along the scale axis, summarise as real values
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            real = (values.astype(np.float64) - np.reshape(zp_arr, shape)) * np.reshape(scale, shape)
+            collector.add(layer, real, kind="weight", channel_axis=out_axis)
+        quantized = "quantized per tensor" if scale is not None else "float"
+        t = collector._tensors[layer]
+        d = _summarise(t, remedy=f"{quantized}, a per-channel quantization candidate")
+        d.tensor = name
+        if per_channel:  # each channel has its own scale: spread costs nothing there
+            d.flags = [f for f in d.flags if not f.startswith("channel ranges span")]
+        if scale is not None:
+            d.scale = float(np.ravel(scale)[0]) if not per_channel else None
+            d.zero_point = int(np.ravel(zp_arr)[0]) if not per_channel else None
+            shape = [1] * values.ndim
+            shape[axis if per_channel else 0] = -1
+            used = float(np.abs(values.astype(np.int64) - np.reshape(zp_arr, shape if per_channel else [1])).max())
+            top = 127.0 if values.dtype.itemsize == 1 else float(np.iinfo(values.dtype).max)
+            if used < CODE_USE_FLAG * top:
+                d.flags.append(f"its int8 codes use only {used / top:.0%} of the range (largest |code| {used:.0f} of "
+                               f"{top:.0f}): its scale is too coarse; recalibrate it or quantize it per channel")
+        out.append(d)
+    return out
