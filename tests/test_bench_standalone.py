@@ -59,3 +59,9 @@ def test_sshd_runner_imports_without_pytest(tmp_path: Path):
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "SshdFactory"
+
+
+def test_sensitivity_bench_runs_without_pytest_and_tests(tmp_path: Path):
+    report, help_text = run_without_pytest(BENCH / "sensitivity.py", tmp_path)
+    assert report == {"code": 0, "from_tests": []}
+    assert "--jobs" in help_text and "--models" in help_text
