@@ -20,7 +20,7 @@ from qverify.client.errors import EXIT_BAD_INPUT, Failure
 
 debug_app = typer.Typer(no_args_is_help=True, help="Accuracy debugging: which layers cost the accuracy.")
 
-ModelsArg = Annotated[str, typer.Option("-m", "--models", help="the float model and the QDQ quant.onnx quantized "
+ModelsArg = Annotated[str, typer.Option("-m", "--model", help="the float model and the QDQ quant.onnx quantized "
                                                                "from it, comma-separated, in any order")]
 InputArg = Annotated[list[str], typer.Option(
     "-i", "--input", help=".npy/.npz float input (or an image with --preprocess); repeat for more input sets. "
