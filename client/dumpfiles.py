@@ -8,6 +8,10 @@
       0008_prob_QuantizeLinear_Output.valid.npy
       0008_prob_QuantizeLinear_Output.aligned.npy
 
+``qverify dump`` writes an ONNX model's tensors in the same layout and manifest
+(:mod:`qverify.client.onnx_dump`), and ``qverify compare`` reads both
+(:mod:`qverify.client.dump_compare`).
+
 File names start with the dump's index in the run (so they sort in execution order and stay
 unique whatever the tensor names are), then the tensor name with every character outside
 ``[A-Za-z0-9._-]`` replaced by ``_`` (and long names shortened with a hash), then the

@@ -1,7 +1,7 @@
 """``qverify run``: run model.bin on the board and save its outputs with a manifest.
 
-    qverify run -m model.bin [-b HOST] [-i FILE ...] [-o OUTDIR] [-r] [--dump-layout both] [--dump-format txt]
-                [--core N]
+    qverify run -m model.bin [-b HOST] [-i FILE ...] [-o OUTDIR] [-r | --dump NAME,...] [--dump-layout both]
+                [--dump-format txt] [--core N]
 
 Without ``-b`` an embedded emulated board runs in this process. model.bin is pushed when the
 board lacks it; the outputs (``-r``: every layer) are saved with a ``manifest.json`` (see
@@ -54,14 +54,25 @@ def run_command(
                                         "(the saved tensors are the last run's)")] = 1,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000, help="unmeasured runs before them")] = 0,
     core: CoreArg = None,
+    dump_names: Annotated[Optional[str], typer.Option(
+        "--dump", help="comma-separated program tensor names: save these only (see qverify info)")] = None,
+    fault: Annotated[list[str], typer.Option("--fault", hidden=True,
+                                             help="embedded board only: inject a fault (testing)")] = [],  # noqa: B006
     *,
     settings: BoardSettings,
 ) -> None:
-    """Run model.bin on the board and save its outputs (-r: every layer) with a manifest."""
+    """Run model.bin on the board and save its outputs (-r: every layer; --dump: the named ones) with a manifest."""
     from qverify.client import dumpfiles
     from qverify.client import inputs as inputs_mod
     from qverify.client.boards import ensure_model, open_board
+    from qverify.client.dump_command import parse_names
 
+    names = parse_names(dump_names)
+    if names is not None and dump_all:
+        raise Failure("-r saves every layer and --dump only the named ones: give one of them", EXIT_BAD_INPUT)
+    if fault and board:
+        raise Failure("--fault works only on the embedded emulated board (no -b)", EXIT_BAD_INPUT)
+    _check_faults(fault)
     if dump_layout not in dumpfiles.LAYOUTS:
         raise Failure(f"--dump-layout {dump_layout}: choose valid, aligned or both", EXIT_BAD_INPUT)
     if dump_format not in dumpfiles.FORMATS:
@@ -72,8 +83,10 @@ def run_command(
         folder.check()
     except dumpfiles.OutputFolderError as exc:
         raise Failure(str(exc), EXIT_BAD_INPUT) from None
-    options = settings.board_options(board)
+    options = settings.board_options(board, fault)
     program = load_model_bin(model)
+    if names is not None:
+        check_names(program, names)
     ports = inputs_mod.ports_from_program(program)
     input_sets = inputs_mod.build_frames(ports, list(input_files), seed)
 
@@ -85,44 +98,82 @@ def run_command(
         push = ensure_model(client, model, options)
         if push.sent:
             say(f"pushed {model.name} ({size_text(push.bytes)}, {push.transport})")
-        manifest: dict[str, Any] = {
-            "model": str(model), "model_sha256": push.sha256, "program": program.name,
-            "target": program.target.name,
-            "board": {"address": None if options.embedded else client.address, "embedded": options.embedded,
-                      "board_id": info.board_id, "backend": info.backend, "agent_version": info.agent_version,
-                      "runtime_version": info.runtime_version},
-            "format": dump_format, "dump_all_nodes": dump_all, "dump_layout": dump_layout,
-            "dequantized": dequantize_values, "frames": frames, "warmup": warmup,
-            "outputs": [t.name for t in program.outputs], "input_sets": [], "files": [],
-        }
-        if dump_format == "txt":
-            manifest["txt"] = {"precision": dump_precision, "axis": dump_txt_axis}
-        outputs = set(manifest["outputs"])
-        # Each input set's tensors are written as soon as they arrive (memory holds one set);
-        # the folder appears only once everything is written.
         with folder:
-            for number, frame in enumerate(input_sets):
-                if len(input_sets) > 1:
-                    say(f"input set {number + 1}/{len(input_sets)}")
-                outcome = client.run(push.sha256, frame.board, dump="all" if dump_all else "outputs",
-                                     layout=dump_layout, frames=frames, warmup=warmup, core=core)
-                sub = f"set{number:03d}" if len(input_sets) > 1 else ""
-                target_dir = folder.path / sub if sub else folder.path
-                target_dir.mkdir(exist_ok=True)
-                manifest["input_sets"].append({
-                    "index": number, "folder": sub or ".",
-                    "inputs": [{"name": p.name, "source": frame.sources.get(p.name, ""),
-                                "dtype": str(frame.board[p.name].dtype), "shape": list(frame.board[p.name].shape)}
-                               for p in ports],
-                    "timing": _timing_dict(outcome.timing)})
-                for dumped in sorted(outcome.dumps.values(),
-                                     key=lambda d: (d.header.index, d.header.layout != "valid")):
-                    manifest["files"].append(_save_dump(dumped, target_dir, sub, writer, dequantize_values, number,
-                                                        outputs))
-                timings.append(outcome.timing)
-                del outcome
-            dumpfiles.write_manifest(manifest, folder.path / "manifest.json")
+            manifest = save_run(client, push.sha256, model, program, input_sets, folder.path, writer,
+                                options=options, dump="all" if dump_all else (names or "outputs"),
+                                dump_layout=dump_layout, dequantize_values=dequantize_values, frames=frames,
+                                warmup=warmup, core=core, timings=timings)
     _print_run(manifest, outdir, timings, dump_all)
+
+
+def _check_faults(faults: list[str]) -> None:
+    from qverify.agent.faults import parse_fault
+
+    for text in faults:
+        try:
+            parse_fault(text)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_BAD_INPUT) from None
+
+
+def check_names(program, names: list[str]) -> None:
+    """``--dump`` names program tensors; an unknown one is a one-line Failure listing a few valid names."""
+    from qverify.client.onnx_dump import few_names
+
+    unknown = [n for n in names if n not in program.tensors]
+    if unknown:
+        raise Failure(f"--dump {unknown[0]}: {program.name or 'the model'} has no tensor of that name; valid names "
+                      f"include {few_names(list(program.tensors))} (qverify info lists them)", EXIT_BAD_INPUT)
+
+
+def save_run(client, sha256: str, model: Path, program, input_sets: list, folder: Path, writer, *, options,
+             dump: str | list[str] = "outputs", dump_layout: str = "valid", dequantize_values: bool = False,
+             frames: int = 1, warmup: int = 0, core: int | None = None, timings: list | None = None,
+             progress=say) -> dict[str, Any]:
+    """Run ``program`` (pushed as ``sha256``) on a connected board for each input set and write its dumps
+    (``dump``: "all", "outputs" or a list of tensor names) into ``folder`` with ``manifest.json``,
+    each input set's tensors as soon as they arrive. Returns the manifest."""
+    from qverify.client import dumpfiles
+
+    info = client.agent_info
+    manifest: dict[str, Any] = {
+        "source": "board", "model": str(model), "model_sha256": sha256, "model_size": Path(model).stat().st_size,
+        "program": program.name, "target": program.target.name,
+        "board": {"address": None if options.embedded else client.address, "embedded": options.embedded,
+                  "board_id": info.board_id, "backend": info.backend, "agent_version": info.agent_version,
+                  "runtime_version": info.runtime_version},
+        "format": writer.fmt, "dump_all_nodes": dump == "all", "dump_names": dump if isinstance(dump, list) else [],
+        "dump_layout": dump_layout, "dequantized": dequantize_values, "frames": frames, "warmup": warmup,
+        "outputs": [t.name for t in program.outputs], "input_sets": [], "files": [],
+    }
+    if writer.fmt == "txt":
+        manifest["txt"] = {"precision": writer.precision, "axis": writer.txt_axis}
+    # Outputs written by a lookup table: an offline compare judges them through it, as verify does.
+    from qverify.client.verdict import lookup_anchors
+
+    manifest["lookup_tables"] = {name: {"input": source, "table": [int(v) for v in table]}
+                                 for name, (source, table) in lookup_anchors(program).items()}
+    outputs = set(manifest["outputs"])
+    for number, frame in enumerate(input_sets):
+        if len(input_sets) > 1:
+            progress(f"input set {number + 1}/{len(input_sets)}")
+        outcome = client.run(sha256, frame.board, dump=dump, layout=dump_layout, frames=frames, warmup=warmup,
+                             core=core)
+        sub = f"set{number:03d}" if len(input_sets) > 1 else ""
+        target_dir = folder / sub if sub else folder
+        target_dir.mkdir(exist_ok=True)
+        manifest["input_sets"].append({
+            "index": number, "folder": sub or ".",
+            "inputs": [{"name": name, "source": frame.sources.get(name, ""), "dtype": str(frame.board[name].dtype),
+                        "shape": list(frame.board[name].shape)} for name in frame.board],
+            "timing": _timing_dict(outcome.timing)})
+        for dumped in sorted(outcome.dumps.values(), key=lambda d: (d.header.index, d.header.layout != "valid")):
+            manifest["files"].append(_save_dump(dumped, target_dir, sub, writer, dequantize_values, number, outputs))
+        if timings is not None:
+            timings.append(outcome.timing)
+        del outcome
+    dumpfiles.write_manifest(manifest, folder / "manifest.json")
+    return manifest
 
 
 def _save_dump(dumped, folder: Path, sub: str, writer, dequantize_values: bool, set_index: int,
