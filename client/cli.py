@@ -84,7 +84,9 @@ def compile_command(
     run_on_cpu: str = typer.Option("", "--run-on-cpu", help="comma-separated node names to run in float32 on the CPU"),
     preprocess: Optional[str] = typer.Option(
         None, "--preprocess",
-        help="embed preprocessing: the board takes uint8 NHWC images, e.g. "
+        help="embed preprocessing: FORMAT:model=rgb|bgr|gray:mean=...:std=...[:input=NAME], FORMAT being what "
+             "the board takes: bgr|rgb|gray (uint8 NHWC images), nv12 (uint8 (N,H*3/2,W,1) frames: Y plane, then "
+             "interleaved UV) or yuv444 (uint8 (N,H,W,3) Y,U,V frames), e.g. "
              "'bgr:model=rgb:mean=123.7,116.3,103.5:std=58.4,57.1,57.4'"),
 ) -> None:
     """Compile a quantized ONNX model to model.bin for the integer simulator / emulated board."""

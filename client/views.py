@@ -76,6 +76,7 @@ def tensor_summary(info: model_pb2.TensorInfo) -> dict:
 def program_summary(program, path: Path, layers: bool = True) -> dict:
     """The JSON view of ``qverify info`` (``layers=False``: without the per-layer list)."""
     from qverify.simulator import feed_shape
+    from qverify.simulator.compiler.preprocess import frame_shape
 
     proto = program.proto
     tensors = {t.name: t for t in proto.tensors}
@@ -92,7 +93,8 @@ def program_summary(program, path: Path, layers: bool = True) -> dict:
         "outputs": [{**tensor_summary(tensors[t.name]), "onnx_output": o}
                     for t, o in zip(program.outputs, proto.onnx_outputs)],
         "preprocess": [{"input": p.input, "color": p.color, "model_color": p.model_color, "mean": list(p.mean),
-                        "std": list(p.std), "image_shape": list(p.image_shape)} for p in proto.preprocess],
+                        "std": list(p.std), "image_shape": list(p.image_shape),
+                        "frame_shape": list(frame_shape(p))} for p in proto.preprocess],
         "layers": [{"name": n.name, "op": n.op, "onnx_op": n.onnx_op, "placement": "cpu" if n.on_cpu else "npu",
                     "inputs": n.inputs, "outputs": [tensor_summary(tensors[o]) for o in n.outputs]}
                    for n in program.nodes] if layers else [],
@@ -134,8 +136,12 @@ def print_info(program, path: Path, max_layers: int = INFO_LAYER_ROWS) -> None:
                 names=(1, 5), stack=lambda i: [f"{io[i][0]} {io[i][1]}", f"board feed {io[i][2]} · logical "
                                                f"{io[i][3]} · {io[i][4]} · ONNX {io[i][5]}"])
     for pre in summary["preprocess"]:
-        _console.print(f"preprocess: board takes uint8 {safe_text(pre['color'])} NHWC "
-                       f"{list_text(pre['image_shape'])}, model channels {safe_text(pre['model_color'])}, "
+        if pre["frame_shape"] != pre["image_shape"]:  # NV12: the frame holds the picture in another shape
+            taken = (f"{safe_text(pre['color'])} frames {list_text(pre['frame_shape'])} "
+                     f"(picture NHWC {list_text(pre['image_shape'])})")
+        else:
+            taken = f"{safe_text(pre['color'])} NHWC {list_text(pre['image_shape'])}"
+        _console.print(f"preprocess: board takes uint8 {taken}, model channels {safe_text(pre['model_color'])}, "
                        f"mean {list_text(pre['mean'])}, std {list_text(pre['std'])}", soft_wrap=True)
     nodes = program.nodes
     cpu = sum(n.on_cpu for n in nodes)

@@ -3,6 +3,7 @@ finding, one line each, exit 1; the correct pipeline gets none, exit 0; bad usag
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -179,3 +180,92 @@ def test_swapped_channels_are_named_by_the_float_models_response(model_images, t
     report = diagnose([quant, floating], swapped)
     assert report.kinds() == ["channel_order"], [f.line() for f in report.findings]
     assert "colour_float.onnx is more confident on the channel-swapped input" in report.findings[0].line()
+
+
+def _letterbox(image: np.ndarray, h: int, w: int, pad: int) -> np.ndarray:
+    """The picture scaled to fit inside h x w with its aspect kept, centred on bars of ``pad``."""
+    from qverify.client import zoo
+
+    ih, iw = image.shape[:2]
+    scale = min(h / ih, w / iw)
+    nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
+    out = np.full((h, w, 3), pad, np.uint8)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    out[top:top + nh, left:left + nw] = zoo.resize(image, nh, nw)
+    return out[None]
+
+
+@pytest.fixture(scope="module")
+def text_lines(tmp_path_factory):
+    """ppocr_cls's real text lines (48x384 crops of a scanned page): .npy files of the correct
+    pipeline (resized to fill 48x192, as the zoo feeds them) and letterboxed with bars of 114 and 0."""
+    from qverify.client import zoo
+
+    folder = tmp_path_factory.mktemp("letterbox")
+    _, _, h, w = zoo.MODELS["ppocr_cls"].input_shape
+    files: dict[str, list[str]] = {}
+    for i, line in enumerate(zoo.text_images("ppocr_cls")[:FRAMES]):
+        for name, image in (("resized", zoo.resize(line, h, w)[None]), ("pad114", _letterbox(line, h, w, 114)),
+                            ("pad0", _letterbox(line, h, w, 0))):
+            np.save(folder / f"{name}{i}.npy", zoo.normalize("ppocr_cls", image))
+            files.setdefault(name, []).append(str(folder / f"{name}{i}.npy"))
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pad, pixel", [("pad114", r"value -0\.106,-0\.106,-0\.106, about pixel 11[3-5] under"),
+                                        ("pad0", r"value -1,-1,-1, about pixel [0-2] under")])
+def test_letterboxed_text_lines_are_named_and_resized_ones_are_not(cases, text_lines, pad, pixel):
+    quant, floating, _ = cases["ppocr_cls"]
+    assert diagnose([quant, floating], text_lines["resized"]).findings == []  # the negative control
+    report = diagnose([quant, floating], text_lines[pad])
+    assert report.kinds() == ["letterbox"], [f.line() for f in report.findings]
+    line = report.findings[0].line()
+    assert "\n" not in line and line.startswith("x: padding bars (letterbox) in 3 of 3 frames")
+    # the evidence: which rows are bars and what pixel they hold, the content's aspect, the response
+    assert "rows 12+12 of 48" in line and re.search(pixel, line) and "content 192x24 (aspect 8.00)" in line
+    assert "ppocr_cls.pre.onnx is more confident on the content resized to fill" in line
+    assert line.endswith("resize the picture to 192x48 as in training instead of letterboxing it")
+
+
+def test_bars_are_found_per_channel_and_content_at_the_edge_is_no_bar():
+    from qverify.client.accuracy.doctor_letterbox import bars, padded
+
+    rng = np.random.default_rng(0)
+    mean, std = np.array([123.7, 116.3, 103.5]), np.array([58.4, 57.1, 57.4])
+    pixels = np.full((1, 3, 40, 60), 114.0)
+    pixels[:, :, 6:34] = rng.integers(0, 256, (1, 3, 28, 60))
+    x = (pixels - mean[:, None, None]) / std[:, None, None]  # grey bars, another value per channel
+    box, value = bars(x)
+    assert box == (6, 6, 0, 0) and padded(box, 40, 60)
+    assert np.allclose(value, (114 - mean) / std)
+    x[0, 1, 0, 5] += 0.5  # one pixel of the top row differs: that row is content, the bottom bar stays
+    assert bars(x)[0] == (0, 6, 0, 0)
+    photo = rng.integers(0, 256, (1, 3, 40, 60)).astype(np.float64)  # content up to every edge
+    assert bars(photo)[0] == (0, 0, 0, 0) and not padded(bars(photo)[0], 40, 60)
+    assert not padded((1, 1, 1, 1), 40, 60)  # a one-pixel frame line is no letterbox
+
+
+@pytest.mark.slow
+def test_real_photos_with_swapped_channels_are_not_accused_when_the_model_cannot_tell(cases, tmp_path):
+    """ppocr_cls reads grey text: on real colour photos its confidence moves both ways when the
+    channels are swapped, so the doctor must not claim a channel-order mistake (the synthetic
+    colour model above shows the check firing when a model does tell)."""
+    quant, floating, files = cases["ppocr_cls"]
+    swapped = []
+    for i, path in enumerate(files["correct"]):
+        np.save(tmp_path / f"bgr{i}.npy", np.ascontiguousarray(np.load(path)[:, ::-1]))
+        swapped.append(str(tmp_path / f"bgr{i}.npy"))
+    assert "channel_order" not in diagnose([quant, floating], swapped).kinds()
+
+
+def test_info_of_an_nv12_model_shows_the_frame_the_board_takes(quantized, tmp_path, capsys):
+    from qverify.simulator.compiler import PreprocessSpec, compile_model
+    from qverify.simulator.modelfile import save
+
+    spec = PreprocessSpec.parse("nv12:model=bgr:mean=127.5,127.5,127.5:std=127.5,127.5,127.5")
+    program = compile_model(quantized("ppocr_cls"), input_shapes={"x": [1, 3, 48, 192]}, preprocess=spec)
+    save(program, tmp_path / "nv12.bin")
+    code, out = qv(capsys, "info", tmp_path / "nv12.bin")
+    assert code == 0, out
+    assert "NV12 frames [1, 72, 192, 1] (picture NHWC [1, 48, 192, 3])" in out

@@ -7,7 +7,8 @@ feeds the model (.npy/.npz tensors, or jpg/png images), the doctor looks for:
   NV12 / YUV444 camera frames where a tensor is expected, an image file of another size;
 * the input range (:mod:`.doctor_range`): against the range quant.onnx was calibrated for
   (mean/std missing or twice, 0-1 vs 0-255, a -128 offset);
-* the model's response (:mod:`.doctor_response`): swapped RGB/BGR, padding bars.
+* the model's response (:mod:`.doctor_response`, :mod:`.doctor_letterbox`): swapped RGB/BGR,
+  padding bars found in the input statistics.
 
 Each finding is one line with the evidence and the fix; no finding means exit code 0.
 """
@@ -163,7 +164,8 @@ def _group(problems: list[tuple[str, str, str, str]], input_name: str, count: in
 
 def diagnose(models: list[Path], specs: list[str]) -> DoctorReport:
     """Run every check on the -i files against quant.onnx (and the float model's response)."""
-    from qverify.client.accuracy.doctor_response import Responder, channel_order_problem, letterbox_problem
+    from qverify.client.accuracy.doctor_letterbox import letterbox_problem
+    from qverify.client.accuracy.doctor_response import Responder, channel_order_problem
 
     quant_path, quant, float_path = _load_models(models)
     ports = model_inputs(quant)
@@ -192,10 +194,9 @@ def diagnose(models: list[Path], specs: list[str]) -> DoctorReport:
             continue
         others = {p.name: tensors[p.name][0] for p in ports if p is not port}
         frames = tensors[port.name]
-        for check in ((channel_order_problem,) if port.shape[1] == 3 else ()) + (letterbox_problem,):
-            problem = check(responder, port.name, frames, others)
-            if problem:
-                kind = "channel_order" if check is channel_order_problem else "letterbox"
-                report.findings.append(Finding(port.name, kind, problem[0], problem[1],
-                                               [s.source for s in samples[port.name]]))
+        problems = [("channel_order", channel_order_problem(responder, port.name, frames, others)
+                     if port.shape[1] == 3 else None),
+                    ("letterbox", letterbox_problem(responder, port, frames, others))]
+        report.findings += [Finding(port.name, kind, problem[0], problem[1], [s.source for s in samples[port.name]])
+                            for kind, problem in problems if problem]
     return report

@@ -23,7 +23,8 @@ def doctor_command(
                               "NAME:FILE for multi-input models; repeat for more frames")] = [],  # noqa: B006
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the findings as JSON")] = None,
 ) -> None:
-    """Look for the preprocessing mistakes that lose accuracy (range, layout, channel order, size, dtype)."""
+    """Look for the preprocessing mistakes that lose accuracy (range, layout, dtype, size, camera frames, channel
+    order, letterbox)."""
     from qverify.client.accuracy.doctor import DoctorError, diagnose
     from qverify.client.dumpfiles import write_json_atomic
 

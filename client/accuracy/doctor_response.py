@@ -1,4 +1,4 @@
-"""The model's own response as evidence: channel order and letterboxing.
+"""The model's own response as evidence: channel order (and, in :mod:`.doctor_letterbox`, padding bars).
 
 A model fed the way it was trained answers with confidence; fed swapped channels or a
 squeezed, padded picture, it usually hesitates. The responder is the float model when one
@@ -55,8 +55,8 @@ def _entropy_certainty(p: np.ndarray) -> float:
 
 
 def _compare(responder: Responder, name: str, given: list[np.ndarray], other: list[np.ndarray],
-             others: dict[str, np.ndarray]) -> tuple[float, float, int, int] | None:
-    """(mean confidence given, mean confidence alternative, frames preferring it, frames that differ)."""
+             others: dict[str, np.ndarray]) -> tuple[float, float, int, int, int] | None:
+    """(mean confidence given, mean confidence alternative, frames preferring it, frames that differ, frames)."""
     a, b = [], []
     for x, y in zip(given, other):
         ca, cb = responder.confidence(name, x, others), responder.confidence(name, y, others)
@@ -66,14 +66,15 @@ def _compare(responder: Responder, name: str, given: list[np.ndarray], other: li
         b.append(cb)
     differ = [(p, q) for p, q in zip(a, b) if abs(p - q) > 1e-3]
     better = sum(1 for p, q in differ if q > p)
-    return float(np.mean(a)), float(np.mean(b)), better, len(differ)
+    return float(np.mean(a)), float(np.mean(b)), better, len(differ), len(a)
 
 
-def _prefers(stats: tuple[float, float, int, int] | None) -> bool:
+def _prefers(stats: tuple[float, float, int, int, int] | None) -> bool:
     if stats is None:
         return False
-    mean_a, mean_b, better, differ = stats
-    return differ > 0 and mean_b >= mean_a + MARGIN and better >= MAJORITY * differ
+    mean_a, mean_b, better, differ, frames = stats
+    # one frame of several responding is no pattern (grey frames do not respond to a swap at all)
+    return differ >= min(2, frames) and mean_b >= mean_a + MARGIN and better >= MAJORITY * differ
 
 
 def channel_order_problem(responder: Responder, name: str, frames: list[np.ndarray],
@@ -83,62 +84,10 @@ def channel_order_problem(responder: Responder, name: str, frames: list[np.ndarr
     stats = _compare(responder, name, frames, swapped, others)
     if not _prefers(stats):
         return None
-    mean_a, mean_b, better, differ = stats
-    return (f"channel order looks swapped (RGB vs BGR): {responder.label} is more confident on the channel-swapped "
+    mean_a, mean_b, better, differ, _ = stats
+    # The response is the only evidence: input statistics cannot tell RGB from BGR (a blue sky
+    # and an orange cat are both natural pictures), and a model that does not care is not accused.
+    return (f"channel order looks swapped (RGB vs BGR), judged by the model's response alone: {responder.label} is "
+            "more confident on the channel-swapped "
             f"input ({mean_b:.2f} vs {mean_a:.2f} mean certainty, {better} of {differ} frames)",
             "swap the channels (cv2 loads BGR, PIL loads RGB) to the order the model was trained on")
-
-
-def bars(x: np.ndarray) -> tuple[int, int, int, int]:
-    """Rows/columns (top, bottom, left, right) at the edges of an NCHW frame holding one constant value."""
-    img = x[0]
-    value = None
-
-    def flat(line: np.ndarray) -> bool:
-        nonlocal value
-        if not np.all(line == line.flat[0]):
-            return False
-        if value is None:
-            value = line.flat[0]
-        return bool(line.flat[0] == value)
-
-    h, w = img.shape[1:]
-    top = next((i for i in range(h) if not flat(img[:, i, :])), h)
-    bottom = next((i for i in range(h - top) if not flat(img[:, h - 1 - i, :])), 0)
-    left = next((i for i in range(w) if not flat(img[:, :, i])), w)
-    right = next((i for i in range(w - left) if not flat(img[:, :, w - 1 - i])), 0)
-    return top, bottom, left, right
-
-
-def stretch(x: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The content inside the bars, resized (bilinear) to fill the frame."""
-    top, bottom, left, right = box
-    h, w = x.shape[2:]
-    inner = x[:, :, top:h - bottom, left:w - right].astype(np.float32)
-    ih, iw = inner.shape[2:]
-    ys = np.clip((np.arange(h) + 0.5) * ih / h - 0.5, 0, ih - 1)
-    xs = np.clip((np.arange(w) + 0.5) * iw / w - 0.5, 0, iw - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, ih - 1), np.minimum(x0 + 1, iw - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    rows = lambda r: inner[:, :, r][:, :, :, x0] * (1 - fx) + inner[:, :, r][:, :, :, x1] * fx  # noqa: E731
-    return (rows(y0) * (1 - fy) + rows(y1) * fy).astype(np.float32)
-
-
-def letterbox_problem(responder: Responder, name: str, frames: list[np.ndarray],
-                      others: dict[str, np.ndarray]) -> tuple[str, str] | None:
-    """(evidence, fix) when frames carry padding bars and the model prefers the picture stretched to fill."""
-    boxes = [bars(x) for x in frames]
-    h, w = frames[0].shape[2:]
-    padded = [(x, b) for x, b in zip(frames, boxes) if (b[0] + b[1]) >= 0.08 * h or (b[2] + b[3]) >= 0.08 * w]
-    if not padded or len(padded) < len(frames) / 2:
-        return None
-    stats = _compare(responder, name, [x for x, _ in padded], [stretch(x, b) for x, b in padded], others)
-    if not _prefers(stats):
-        return None
-    mean_a, mean_b, better, differ = stats
-    top, bottom, left, right = padded[0][1]
-    return (f"padding bars (letterbox) in {len(padded)} of {len(frames)} frames, e.g. rows {top}+{bottom} of {h} "
-            f"and columns {left}+{right} of {w} constant; {responder.label} is more confident on the picture stretched to "
-            f"fill ({mean_b:.2f} vs {mean_a:.2f} mean certainty, {better} of {differ} frames)",
-            "resize to the model's input size as in training instead of letterboxing")
