@@ -8,11 +8,15 @@ temporary folder and times, in the same process and with the same onnxruntime se
 
 * one run of quant.onnx on one input frame (median of ``--runs``), and
 * a full sensitivity run as ``qverify debug sensitivity`` does it on that frame: opening and
-  rewriting the models, the float reference, and the node, weight-only and activation-only
-  variants of every quantized node (``--jobs`` worker threads).
+  rewriting the models, building the segment sessions, the float reference and the
+  all-quantized run, and the node, weight-only and activation-only variants of every
+  quantized node (``--jobs`` worker threads). Python modules are imported before the clock
+  starts (a one-off of the process, not of the analysis).
 
 One line per model ends with ``ratio R``: the sensitivity wall time divided by (number of
-quantized nodes x one quant.onnx run). The target is R <= 1.5.
+quantized nodes x one quant.onnx run). The target is R <= 1.5. The line also splits the
+time into open (load, check, rewrite), setup (sessions, reference, cached all-quantized
+run) and variants.
 """
 from __future__ import annotations
 
@@ -42,14 +46,19 @@ def bench_one(key: str, workdir: Path, args: argparse.Namespace) -> None:
     from qverify.client.accuracy.debug_models import build_inputs, open_models
     from qverify.client.accuracy.sensitivity import VariantRunner, analyse
 
+    import qverify.client.modelfiles  # noqa: F401 (imported before the clock: see the module docstring)
+
     quant = zoo.quantize(key, workdir, "QDQ", "QUInt8", True)
     float_path = workdir / f"{key}.pre.onnx"
     start = time.perf_counter()
     models = open_models(f"{float_path},{quant}")
     frames, _ = build_inputs(models, [], 0)
+    opened = time.perf_counter()
     runner = VariantRunner(models, frames, workers=args.jobs)
+    ready = time.perf_counter()
     result = analyse(runner, "cosine")
-    total = time.perf_counter() - start
+    end = time.perf_counter()
+    total = end - start
 
     session = models.session(models.quant_model.SerializeToString(), threads=1)
     frame = frames[0]
@@ -65,7 +74,9 @@ def bench_one(key: str, workdir: Path, args: argparse.Namespace) -> None:
     print(f"{key}: {nodes} quantized nodes, {result.runs} variants run (of {3 * nodes} node/weight/activation), "
           f"sensitivity {total:.3f} s with {args.jobs} job{'s' if args.jobs != 1 else ''}, quant.onnx run "
           f"{one * 1e3:.3f} ms (median of {args.runs}); most sensitive {top.name} ({top.op}, cosine "
-          f"{result.baseline['cosine']:.5f} -> {top.values['node']:.5f}); numpy {np.__version__}; "
+          f"{result.baseline['cosine']:.5f} -> {top.values['node']:.5f}); open {opened - start:.3f} s, setup "
+          f"{ready - opened:.3f} s, variants {end - ready:.3f} s ({(end - ready) / result.runs * 1e3:.3f} ms each); "
+          f"numpy {np.__version__}; "
           f"ratio {total / (nodes * one):.2f}", flush=True)
 
 

@@ -182,3 +182,36 @@ def test_report_into_missing_folder_is_refused_before_running(chain, tmp_path, c
     code, out, err = run_cli(capsys, "debug", "sensitivity", "-m", f"{chain['float']},{chain['bad']}",
                              "--json", tmp_path / "nowhere" / "s.json")
     assert code == 2 and "nowhere" in err and out == ""
+
+
+def _single_session_results(models, runner) -> dict:
+    """Every variant ``runner`` ran, recomputed the plain way: one session of the whole switchable graph."""
+    from qverify.client.accuracy.sensitivity import metric_values
+
+    session = models.session(models.switched.model_bytes)
+    return {v: metric_values(runner.reference, [session.run(None, {**f, SWITCH_INPUT: models.switched.feed(v)})
+                                                for f in runner.frames]) for v in runner.results}
+
+
+@pytest.mark.parametrize("segments", [1, 3, 64])
+def test_segmented_runs_equal_the_single_switchable_session(chain, segments):
+    """Rerunning only downstream segments (the rest in the all-on copy) changes no figure."""
+    models = open_models(f"{chain['float']},{chain['bad']}")
+    runner = VariantRunner(models, build_inputs(models, [], 0)[0], segments=segments)
+    analyse(runner, "cosine")
+    assert len(runner.graph.segments) == segments or (segments == 64 and len(runner.graph.segments) < 64)
+    for variant, expected in _single_session_results(models, runner).items():
+        assert runner.results[variant] == pytest.approx(expected, rel=1e-9, abs=1e-12), sorted(variant)
+
+
+@pytest.mark.slow
+def test_segmented_runs_equal_the_single_switchable_session_on_a_zoo_model(quantized, float_model, model_feeds):
+    """Every node/weight/activation variant of ppocr_cls (its output pair switches in the last
+    segment, its node in an earlier one), two real frames: identical to the single session."""
+    models = open_models(f"{float_model('ppocr_cls')},{quantized('ppocr_cls')}")
+    runner = VariantRunner(models, [{"x": x} for x in model_feeds("ppocr_cls", 2)])
+    result = analyse(runner, "cosine")
+    assert len(runner.graph.segments) > 1 and result.runs == len(runner.results)
+    expected = _single_session_results(models, runner)
+    mismatched = [sorted(v) for v, e in expected.items() if runner.results[v] != pytest.approx(e, rel=1e-9, abs=1e-12)]
+    assert not mismatched

@@ -31,7 +31,7 @@ SeedArg = Annotated[int, typer.Option("--seed", help="seed of the random inputs"
 JsonArg = Annotated[Optional[Path], typer.Option("--json", help="write the report as JSON")]
 HtmlArg = Annotated[Optional[Path], typer.Option("--html", help="write a self-contained HTML report")]
 JobsArg = Annotated[int, typer.Option("--jobs", min=1, max=64,
-                                      help="variants run in parallel (threads; on 2 cores 2 measured 1.5x faster)")]
+                                      help="variants run in parallel (threads)")]
 
 
 def _prepare(models_spec: str, input_files: list[str], seed: int, preprocess: str | None, metric: str,

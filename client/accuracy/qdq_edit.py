@@ -4,10 +4,10 @@ Every activation QuantizeLinear/DequantizeLinear pair a node reads through becom
 switchable fake-quant ``Where(on, DQ(Q(x)), x_float)``, and a node with quantized weights
 becomes an ``If`` on its weight switch whose branches hold the dequantized and the float
 weights as constants: with a switch on the node computes what quant.onnx computes in
-float (fake quantization), with it off it reads the float value. One onnxruntime
-session of this graph then runs every variant of the sensitivity analysis and the curve
-with a different bool vector as an extra input (``qverify_quantized``), so nothing is
-rebuilt per variant.
+float (fake quantization), with it off it reads the float value. Every variant of the
+sensitivity analysis and the curve is then this graph with a different bool vector as an
+extra input (``qverify_quantized``), so nothing is rebuilt per variant
+(:mod:`.segments` cuts it into sessions that rerun only downstream of a variant's nodes).
 
 A node owns the QDQ pairs on its *inputs* (as Horizon's calibration nodes sit on an op's
 inputs): its **weight** switch covers the pairs on constant inputs (weights, biases,

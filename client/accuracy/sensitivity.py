@@ -7,9 +7,11 @@ is measured against the float model's output. A variant that changes nothing (th
 variant of a node without weights; the node variant of a node with one kind of pair, which
 equals that kind's variant) is not run twice: results are kept by the set of switches off.
 
-All variants run in one onnxruntime session of the switchable graph
-(:mod:`qverify.client.accuracy.qdq_edit`), on parallel worker threads (onnxruntime releases
-the GIL while it runs).
+All variants run on the switchable graph (:mod:`qverify.client.accuracy.qdq_edit`) cut
+into segments (:mod:`qverify.client.accuracy.segments`): the all-quantized run of each frame
+is kept, and a variant reruns only from the first segment its switches reach, the rest of the
+graph in its cheaper all-quantized copy. Variants run on parallel worker threads
+(onnxruntime releases the GIL while it runs).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from qverify.client.accuracy.debug_models import DebugModels
-from qverify.client.accuracy.qdq_edit import SWITCH_INPUT
+from qverify.client.accuracy.segments import DEFAULT_SEGMENTS, SegmentedModel
 
 KINDS = ("node", "weight", "activation")
 # metric -> whether higher is better
@@ -60,18 +62,22 @@ def improvement(metric: str, value: float, baseline: float) -> float:
 class VariantRunner:
     """Runs variants (sets of switches off) of the switchable graph over all frames, once each."""
 
-    def __init__(self, models: DebugModels, frames: list[dict[str, np.ndarray]], workers: int | None = None) -> None:
+    def __init__(self, models: DebugModels, frames: list[dict[str, np.ndarray]], workers: int | None = None,
+                 segments: int = DEFAULT_SEGMENTS) -> None:
         self.models = models
         self.frames = frames
         self.workers = workers or min(2, os.cpu_count() or 1)
-        self.session = models.session(models.switched.model_bytes, threads=1)
+        self.graph = SegmentedModel(models.switched.model_bytes, segments)
         self.reference = [models.session(models.float_model.SerializeToString()).run(None, f) for f in frames]
+        on = models.switched.feed()
+        self.cached = [self.graph.cache(f, on) for f in frames]  # the all-quantized run, once per frame
         self.results: dict[frozenset[int], dict[str, float]] = {}
         self.runs = 0
 
     def _run(self, switches: frozenset[int]) -> dict[str, float]:
         feed = self.models.switched.feed(switches)
-        outputs = [self.session.run(None, {**frame, SWITCH_INPUT: feed}) for frame in self.frames]
+        touched = self.graph.touched(switches)
+        outputs = [self.graph.run(cached, feed, touched) for cached in self.cached]
         return metric_values(self.reference, outputs)
 
     def measure(self, variants: list[frozenset[int]], on_done: Callable[[], None] | None = None) -> None:
