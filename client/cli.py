@@ -151,6 +151,9 @@ def verify_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report (docs/report-schema.md)"),
     junit_out: Optional[Path] = typer.Option(None, "--junit", help="write a JUnit XML report"),
     html_out: Optional[Path] = typer.Option(None, "--html", help="write a self-contained HTML report"),
+    bundle_out: Optional[Path] = typer.Option(
+        None, "--bundle", help="write a reproduction bundle .tar.gz (models' hashes, inputs, every layer's dumps, "
+                               "versions, the report); replay it with: qverify compare F.tar.gz"),
     max_lsb: int = typer.Option(16, "--max-lsb", min=0, help="outputs vs ONNX: largest rounding drift accepted, in LSB"),
     min_cosine: float = typer.Option(0.999, "--min-cosine", help="outputs vs ONNX: smallest cosine similarity"),
     min_layer_cosine: float = typer.Option(0.95, "--min-layer-cosine",
@@ -183,7 +186,7 @@ def verify_command(
                       EXIT_BAD_INPUT)
     if fault and board:
         raise Failure("--fault works only on the embedded emulated board (no -b)", EXIT_BAD_INPUT)
-    for out in (json_out, junit_out, html_out):
+    for out in (json_out, junit_out, html_out, bundle_out):
         if out is not None and not out.parent.exists():
             raise Failure(f"report {out}: folder {out.parent} does not exist", EXIT_BAD_INPUT)
     tolerances = Tolerances(digits=digits, max_lsb=max_lsb, min_cosine=min_cosine, min_layer_cosine=min_layer_cosine,
@@ -195,6 +198,13 @@ def verify_command(
                         faults=fault, repeat=repeat, isolate=isolate, core=core, min_float_cosine=min_float_cosine)
     views.print_verify(result)
     views.print_written(_write_reports(result, json_out, junit_out, html_out))
+    if bundle_out is not None:
+        from qverify.client.bundle import write_verify_bundle
+
+        write_verify_bundle(bundle_out, models=[Path(m) for m in model.split(",") if m], inputs=list(input_files),
+                            seed=seed, board_options=settings.board_options(board, fault),
+                            report=_report_dict(result), progress=views.progress_line)
+        views.print_written([(bundle_out, "reproduction bundle")])
     raise typer.Exit(result.exit_code)
 
 
@@ -210,6 +220,15 @@ def _write_reports(result, json_out: Path | None, junit_out: Path | None,
             write(result, path)
             written.append((path, kind))
     return written
+
+
+def _report_dict(result) -> dict:
+    """The dict --json writes (non-finite numbers as null), for a reproduction bundle."""
+    import json
+
+    from qverify.client import reports
+
+    return json.loads(reports.render_json(result))
 
 
 @app.command("info")

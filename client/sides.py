@@ -53,6 +53,8 @@ class SideOutput:
     # ``tensors`` came from a dump (with -r an output's dump is what the pairs compare).
     returned: dict[str, Observed] = field(default_factory=dict)
     dumped: set[str] = field(default_factory=set)
+    # Board side: node name -> (saturated, acc_overflow), the counts of the run (its timing's layers).
+    layer_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class SideError(Exception):
@@ -358,6 +360,8 @@ class BoardSide:
                 out.tensors.setdefault(name, out.returned[name])
         if outcome.timing is not None:
             out.frame_us = list(outcome.timing.frame_us)
+            out.layer_counts = {layer.node: (int(layer.saturated), int(layer.acc_overflow))
+                                for layer in outcome.timing.layers}
         return out
 
 

@@ -54,7 +54,9 @@ from qverify.client.results import (
 from qverify.client.sides import BoardSide, HostCache, OnnxSide, SideError, SimulatorSide, SideOutput
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors
 from qverify.client.verify_isolation import IsolationPass, decide
-from qverify.client.verify_runs import DIED_MID_RUN, FrameRuns, _death_message, _died_during_run, _sha  # noqa: F401  (re-exported)
+from qverify.client.verify_runs import (  # noqa: F401  (re-exported)
+    DIED_MID_RUN, FrameRuns, _death_message, _died_during_run, _sha, add_board_distributions,
+)
 
 Progress = Callable[[str], None]
 _RUNTIME_NAMES = {"openvino": "OpenVINO"}  # board runtimes whose model the host simulator cannot run
@@ -281,10 +283,12 @@ class Verification(FrameRuns):
         return BoardSide(client, push.sha256, program, core=self.o.core)
 
     def _compare_frame(self, outputs: dict[str, SideOutput], sides: list, pairs: list, comparers: list,
-                       frame_us: list[float]) -> None:
+                       frame_us: list[float], program, collector) -> None:
         board_out = next((outputs[s.label] for s in sides if s.kind == "board" and s.label in outputs), None)
         if board_out is not None:
             frame_us += board_out.frame_us
+            if collector is not None and board_out.dumped:
+                add_board_distributions(collector, program, board_out)
         for (a, b, _), comparer in zip(pairs, comparers):
             if a.label in outputs and b.label in outputs:
                 comparer.add_frame(outputs[a.label], outputs[b.label], self.o.dump_all)
@@ -331,6 +335,11 @@ class Verification(FrameRuns):
         isolation = None
         float_side, float_comparer = self._float_comparer(sides, program)
         float_broken = ""
+        collector = None
+        if self.o.dump_all and any(s.kind == "board" for s in sides):
+            from qverify.client.accuracy.distributions import DistributionCollector
+
+            collector = DistributionCollector()
         if onnx_board and (self.o.isolate == "always" or (self.o.isolate == "auto" and not twin)):
             # Before the entire runs: a board that dies in isolation names the layer it died in.
             isolation = self._isolation(*onnx_board, frames, program, broken)
@@ -339,7 +348,7 @@ class Verification(FrameRuns):
                 self.say(f"frame {number + 1}/{len(frames)}: running on {', '.join(s.label for s in sides)}"
                          f"{board_work}")
                 outputs, runs = self._run_sides(pool, sides, frame, broken, program, number)
-                self._compare_frame(outputs, sides, pairs, comparers, frame_us)
+                self._compare_frame(outputs, sides, pairs, comparers, frame_us, program, collector)
                 if float_comparer is not None and not float_broken:
                     float_broken = self._float_frame(float_side, float_comparer, frame, number, outputs)
                 if runs is None:
@@ -367,6 +376,8 @@ class Verification(FrameRuns):
                                     for (a, b, _), comparer in zip(plain_pairs, plain_comparers)]
         self.result.board_findings += checker.findings
         self._latency(frame_us)
+        if collector is not None:
+            self._distributions(collector)
         if float_comparer is not None:
             board_loss = bool(self.result.board_findings) or not all(
                 p.passed for p in self.result.pairs + self.result.plain_pairs)
@@ -375,6 +386,14 @@ class Verification(FrameRuns):
                 ref = failed_reference(ref.float_label, ref.quant_label, ref.integer_label, ref.min_float_cosine,
                                        float_broken)
             self.result.float_reference = ref
+
+    def _distributions(self, collector) -> None:
+        """-r: the board's per-layer distributions, then quant.onnx's weights (when given)."""
+        from qverify.client.accuracy.distributions import weight_distributions
+
+        self.result.distributions = collector.summaries()
+        if self.files.onnx is not None:
+            self.result.distributions += weight_distributions(self.files.onnx)
 
     # ------------------------------------------------------------------ isolation
     def _isolation(self, onnx_side, board_side, frames: list, program, broken: dict[str, str]):

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from qverify.client.agent_client import AgentError, BoardUnreachable
 from qverify.client.results import PLAIN_LABEL
 from qverify.client.sides import BoardSide, SideOutput
@@ -127,6 +129,29 @@ class FrameRuns:
             shape=list(tensor.shape), elements=0, scale=tensor.scale or None, max_abs_diff=0.0, within_digits=0,
             exact=0, off_by_one=0, beyond_one=0, max_lsb=0, cosine=0.0, passed=False,
             reason="the board stopped answering at or after this layer")
+
+
+def add_board_distributions(collector, program, board: SideOutput) -> None:
+    """One frame of the board's dumping run into a
+    :class:`~qverify.client.accuracy.distributions.DistributionCollector`: every dumped tensor
+    (int8 codes with their scale and zero point, or floats), and each layer's saturation and
+    accumulator-overflow counts under its first output's name."""
+    for name in board.dumped:
+        observed, tensor = board.tensors.get(name), program.tensors.get(name)
+        if observed is None or tensor is None:
+            continue
+        axis = -1 if tensor.info.logical_layout == "NHWC" else 1  # an image held as received: channels last
+        if observed.codes is not None:
+            collector.add(name, observed.codes, scale=observed.scale, zero_point=observed.zero_point,
+                          channel_axis=axis)
+        elif observed.raw_values is not None:
+            collector.add(name, observed.raw_values, channel_axis=axis)
+    for node in program.nodes:
+        counts = board.layer_counts.get(node.name)
+        if counts is not None and node.outputs:
+            tensor = program.tensors.get(node.outputs[0])
+            collector.add_counts(node.outputs[0], saturated=counts[0], acc_overflow=counts[1],
+                                 elements=int(np.prod(tensor.shape)) if tensor is not None else None)
 
 
 def _died_during_run(exc: AgentError) -> bool:

@@ -17,6 +17,7 @@ _err = Console(stderr=True, highlight=False)
 NAME_LIMIT = 200      # characters of one name shown in a table cell
 SHAPE_LIMIT = 8       # dimensions shown before a shape is summarised
 INFO_LAYER_ROWS = 200  # layers listed by `qverify info` (--json has them all)
+FLAGGED_LINES = 8  # layers the distributions point out, one line each, before "N more"
 
 
 def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
@@ -264,16 +265,30 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
 
 def _print_float_reference_table(result, top: int) -> None:
     """The float reference's per-layer table (sat/ovf columns from the distributions when non-zero),
-    then one line per layer the distributions point out."""
+    or without one the layers that saturate or overflow (the worst ``top``), then one line per
+    layer the distributions point out (at most FLAGGED_LINES; all of them are in --html/--json)."""
     from qverify.client import float_views
+    from qverify.client.accuracy.distributions import SATURATION_FLAG
 
-    counts, flags = float_views.distribution_columns(result.distributions)
+    dists = [d for d in result.distributions if not isinstance(d, dict)]
+    counts, _ = float_views.distribution_columns(dists)
     if result.float_reference is not None:
         float_views.print_float_table(_console, result.float_reference, counts, top)
     elif counts:
-        float_views.print_counts_table(_console, counts)
-    for line in flags:
-        _console.print(f"[yellow]{_literal(line)}[/yellow]", soft_wrap=True)
+        worst = sorted((d for d in dists if d.name in counts), key=lambda d: (-d.acc_overflow, -d.saturation_fraction))
+        float_views.print_counts_table(_console, {d.name: counts[d.name] for d in worst[:top]})
+        if len(worst) > top:
+            _console.print(f"… {len(worst) - top} more layers saturate or overflow (all of them are in --html and "
+                           "--json)", soft_wrap=True)
+    # Saturating and overflowing layers first (they lose values now), then the others in graph order.
+    flagged = sorted((d for d in dists if d.flags), key=lambda d: (
+        -bool(d.acc_overflow), -(d.saturation_fraction if d.saturation_fraction > SATURATION_FLAG else 0.0)))
+    for d in flagged[:FLAGGED_LINES]:  # one line per layer: its pointers joined
+        _console.print(f"[yellow]{_literal(d.kind)} {_literal(d.name)}: {_literal('; '.join(d.flags))}[/yellow]",
+                       soft_wrap=True)
+    if len(flagged) > FLAGGED_LINES:
+        _console.print(f"[yellow]… {len(flagged) - FLAGGED_LINES} more layers pointed out (all of them are in --html "
+                       "and --json)[/yellow]", soft_wrap=True)
 
 
 def _print_isolation(pair) -> None:
