@@ -108,16 +108,14 @@ def html_section(ref: FloatReference) -> str:
 
 # ---------------------------------------------------------------- distributions (-r)
 
-def distribution_columns(dists: list) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """(tensor -> its non-zero terminal columns such as {"sat": "3.1%"}, one line per flagged layer)
-    from the board's per-layer distributions; empty when there are none."""
+def distribution_columns(dists: list) -> dict[str, dict[str, str]]:
+    """tensor -> its non-zero terminal columns such as {"sat": "3.1%"}, from the board's
+    per-layer distributions; empty when there are none."""
     if not dists:
-        return {}, []
+        return {}
     from qverify.client.accuracy.distributions import terminal_columns
 
-    counts = {d.name: cols for d in dists if not isinstance(d, dict) and (cols := terminal_columns(d))}
-    flags = [f"{d.name}: {flag}" for d in dists if not isinstance(d, dict) for flag in d.flags]
-    return counts, flags
+    return {d.name: cols for d in dists if not isinstance(d, dict) and (cols := terminal_columns(d))}
 
 
 def print_counts_table(console: Console, counts: dict[str, dict[str, str]]) -> None:

@@ -271,7 +271,7 @@ def _print_float_reference_table(result, top: int) -> None:
     from qverify.client.accuracy.distributions import SATURATION_FLAG
 
     dists = [d for d in result.distributions if not isinstance(d, dict)]
-    counts, _ = float_views.distribution_columns(dists)
+    counts = float_views.distribution_columns(dists)
     if result.float_reference is not None:
         float_views.print_float_table(_console, result.float_reference, counts, top)
     elif counts:
