@@ -215,3 +215,34 @@ def test_segmented_runs_equal_the_single_switchable_session_on_a_zoo_model(quant
     expected = _single_session_results(models, runner)
     mismatched = [sorted(v) for v, e in expected.items() if runner.results[v] != pytest.approx(e, rel=1e-9, abs=1e-12)]
     assert not mismatched
+
+
+def test_rewritten_graph_runs_no_node_whose_result_nothing_reads(quantized, float_model):
+    """The weight DequantizeLinears an If replaced by constants are dropped, not run on every call."""
+    from qverify.client.accuracy.segments import _consumed
+
+    models = open_models(f"{float_model('ppocr_cls')},{quantized('ppocr_cls')}")
+    graph = onnx.load_from_string(models.switched.model_bytes).graph
+    read = {o.name for o in graph.output} | {i for n in graph.node for i in _consumed(n)}
+    assert [n.name for n in graph.node if not any(o in read for o in n.output)] == []
+    weight_dqs = [n for n in models.quant_model.graph.node if n.op_type == "DequantizeLinear"
+                  and n.input[0] in {i.name for i in models.quant_model.graph.initializer}]
+    assert weight_dqs and not {n.output[0] for n in weight_dqs} & {o for n in graph.node for o in n.output}
+
+
+def test_segments_know_every_crossing_type_without_shape_inference(quantized, float_model, monkeypatch):
+    """quant.onnx's value_info and the rewrite's own ops type every cut; a whole-graph shape
+    inference (a tenth of a small model's run) is only the fallback."""
+    from onnx import shape_inference
+
+    from qverify.client.accuracy.segments import SegmentedModel
+
+    models = open_models(f"{float_model('ppocr_cls')},{quantized('ppocr_cls')}")
+
+    def refuse(model):
+        raise AssertionError("shape inference ran")
+
+    monkeypatch.setattr(shape_inference, "infer_shapes", refuse)
+    graph = SegmentedModel(models.switched.model_bytes)
+    assert len(graph.segments) > 1 and graph.segments[0].quantized is None  # segment 0 only runs switchable
+    assert all(s.quantized is not None for s in graph.segments[1:])

@@ -199,6 +199,22 @@ class _Rewriter:
         return "", None
 
 
+def _live(nodes: list, outputs: set[str]) -> list:
+    """``nodes`` without those whose results nothing reads: the DequantizeLinear of each weight an
+    ``If`` now holds as constants would otherwise run on every call (onnxruntime neither folds
+    nor drops it; measured 10-20 % of a run of the zoo models)."""
+    needed = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # names an If branch reads from the outer scope
+                if attr.g is not None:
+                    needed.update(i for n in attr.g.node for i in n.input if i)
+    return kept[::-1]
+
+
 def rewrite(quant, float_model) -> SwitchedModel:
     """The switchable copy of the QDQ model ``quant`` (an onnx ModelProto); ``float_model`` gives
     the float weights and folded activations."""
@@ -293,7 +309,7 @@ def rewrite(quant, float_model) -> SwitchedModel:
         raise QdqEditError("quant.onnx has no node that reads through a QuantizeLinear/DequantizeLinear pair")
     nodes.sort(key=lambda n: n.index)
     del graph.node[:]
-    graph.node.extend(r.pre_nodes + out_nodes)
+    graph.node.extend(_live(r.pre_nodes + out_nodes, {o.name for o in graph.output}))
     graph.initializer.extend(r.new_inits)
     graph.input.append(helper.make_tensor_value_info(SWITCH_INPUT, TensorProto.BOOL, [switches]))
     inits = {i.name for i in graph.initializer}

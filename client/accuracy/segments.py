@@ -17,6 +17,7 @@ those of the single switchable session to within float rounding of fused kernels
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,40 @@ def _quantized_copy(nodes: list, gathers: set[str], helper) -> tuple[list, list]
     return out, inits
 
 
+# Ops whose output has the element type of their first input.
+_SAME_TYPE_OPS = frozenset({"Relu", "Clip", "Identity", "Softmax", "Sigmoid", "HardSigmoid", "HardSwish", "Add", "Sub",
+                            "Mul", "Div", "Conv", "MatMul", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool",
+                            "Flatten", "Reshape", "Transpose", "Concat", "LeakyRelu", "Tanh"})
+
+
+def _types(model) -> dict[str, int]:
+    """Element type of every tensor of ``model``: from its value_info (quant.onnx carries the
+    shapes quant_pre_process inferred) and the rewrite's own nodes, else from shape inference
+    (a whole-graph pass is 20-30 ms, a tenth of a sensitivity run of a small model)."""
+    from onnx import TensorProto, shape_inference
+
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)
+             + list(graph.output)}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    for node in graph.node:
+        if any(not types.get(o) for o in node.output):
+            if node.op_type == "QuantizeLinear":  # the zero point's type; uint8 without one
+                types[node.output[0]] = types.get(node.input[2], 0) if len(node.input) > 2 else TensorProto.UINT8
+            elif node.op_type == "DequantizeLinear" and types.get(node.input[1]):  # the scale's type
+                types[node.output[0]] = types[node.input[1]]
+            elif node.op_type == "Where" and types.get(node.input[1]):
+                types[node.output[0]] = types[node.input[1]]
+            elif node.op_type == "Gather" and node.input[0] == SWITCH_INPUT:
+                types[node.output[0]] = TensorProto.BOOL
+            elif node.op_type in _SAME_TYPE_OPS and types.get(node.input[0]):
+                types[node.output[0]] = types[node.input[0]]
+    if all(types.get(o) for n in graph.node for o in n.output if o):
+        return types
+    inferred = shape_inference.infer_shapes(model)
+    return {**{v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}, **types}
+
+
 def _session(model_bytes: bytes, fake_quant: bool = False):
     """A one-thread onnxruntime CPU session with every graph optimisation (as DebugModels.session).
 
@@ -78,7 +113,7 @@ def _session(model_bytes: bytes, fake_quant: bool = False):
 @dataclass
 class Segment:
     switched: object  # onnxruntime session of the switchable nodes
-    quantized: object  # the same nodes with every switch on
+    quantized: object | None  # the same nodes with every switch on (None for segment 0: never run)
     switched_inputs: list[str]
     quantized_inputs: list[str]
     outputs: list[str]  # tensors later segments (or the graph's outputs) read
@@ -87,14 +122,13 @@ class Segment:
 class SegmentedModel:
     """Sessions of the switchable graph's segments; see the module docstring."""
 
-    def __init__(self, model_bytes: bytes, segments: int = DEFAULT_SEGMENTS) -> None:
+    def __init__(self, model_bytes: bytes, segments: int = DEFAULT_SEGMENTS, workers: int = 2) -> None:
         import onnx
-        from onnx import helper, shape_inference
+        from onnx import helper
 
-        model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
+        model = onnx.load_from_string(model_bytes)
         graph = model.graph
-        types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)
-                 + list(graph.output)}
+        types = _types(model)
         inits = {i.name: i for i in graph.initializer}
         gather_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Gather" and n.input[0] == SWITCH_INPUT}
         body = [n for n in graph.node if n.output[0] not in gather_nodes]
@@ -112,21 +146,34 @@ class SegmentedModel:
             needs.append(sorted(later))
             later |= {i for n in part for i in _consumed(n)}
         needs.reverse()
-        self.segments: list[Segment] = []
         self.switch_segments: dict[int, set[int]] = {}  # switch index -> the segments that read it
         gather_index = {out: int(np.asarray(onnx.numpy_helper.to_array(inits[n.input[1]]))) for out, n in
                         gather_nodes.items()}
+        built = []  # per segment: (switchable model, its inputs, quantized model or None, its inputs, outputs)
         for s, part in enumerate(parts):
             read = {i for n in part for i in _consumed(n)}
             for g in read & gather_nodes.keys():
                 self.switch_segments.setdefault(gather_index[g], set()).add(s)
             switched_nodes = [gather_nodes[g] for g in sorted(read & gather_nodes.keys())] + part
-            quantized_nodes, branch_inits = _quantized_copy(part, set(gather_nodes), helper)
             made = {o for n in part for o in n.output}
             outputs = [t for t in needs[s] if t in made]
             sw = self._model(model, switched_nodes, [], outputs, inits, types, helper)
-            qu = self._model(model, quantized_nodes, branch_inits, outputs, inits, types, helper)
-            self.segments.append(Segment(_session(sw[0]), _session(qu[0], fake_quant=True), sw[1], qu[1], outputs))
+            # A variant starts in the switchable copy of its first segment: the quantized copy of
+            # segment 0 would never run.
+            qu = (None, [])
+            if s:
+                quantized_nodes, branch_inits = _quantized_copy(part, set(gather_nodes), helper)
+                qu = self._model(model, quantized_nodes, branch_inits, outputs, inits, types, helper)
+            built.append((sw, qu, outputs))
+        # Session creation is most of the setup and onnxruntime releases the GIL while it optimises.
+        jobs = [(m, fake) for sw, qu, _ in built for m, fake in ((sw[0], False), (qu[0], True)) if m is not None]
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            sessions = iter(list(pool.map(lambda job: _session(*job), jobs)))
+        self.segments: list[Segment] = []
+        for sw, qu, outputs in built:
+            switched = next(sessions)
+            quantized = next(sessions) if qu[0] is not None else None
+            self.segments.append(Segment(switched, quantized, sw[1], qu[1], outputs))
 
     @staticmethod
     def _model(model, nodes, extra_inits, outputs, inits, types, helper) -> tuple[bytes, list[str]]:

@@ -67,7 +67,7 @@ class VariantRunner:
         self.models = models
         self.frames = frames
         self.workers = workers or min(2, os.cpu_count() or 1)
-        self.graph = SegmentedModel(models.switched.model_bytes, segments)
+        self.graph = SegmentedModel(models.switched.model_bytes, segments, self.workers)
         self.reference = [models.session(models.float_model.SerializeToString()).run(None, f) for f in frames]
         on = models.switched.feed()
         self.cached = [self.graph.cache(f, on) for f in frames]  # the all-quantized run, once per frame
