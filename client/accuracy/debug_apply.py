@@ -1,9 +1,11 @@
 """``qverify debug curve --apply``: the curve's suggestion measured on a board.
 
-quant.onnx is compiled twice, as it is and with the suggested nodes on the CPU
-(``--run-on-cpu``), both run on the board (``-b``, or the embedded emulated board) on the
-same inputs, and each board's outputs are measured against the float model's: the
-improvement the suggestion actually brings, not the one the ONNX curve predicts.
+quant.onnx is compiled twice, as it is and with the suggested nodes on the CPU as float
+islands (``--run-on-cpu`` with the float model: their float weights, float32 between
+them, as the curve measured them), both run on the board (``-b``, or the embedded
+emulated board) on the same inputs, and each board's outputs are measured against the
+float model's: the improvement the suggestion actually brings, not the one the ONNX
+curve predicts.
 """
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ def _compile(models: DebugModels, nodes: list[str], out: Path):
     from qverify.simulator.modelfile import save
 
     try:
-        program = compile_model(models.quant_path, run_on_cpu=nodes)
+        program = compile_model(models.quant_path, run_on_cpu=nodes,
+                                float_model=models.float_path if nodes else None)
     except CompileError as exc:
-        raise Failure(f"--apply: cannot compile {models.quant_path.name} with --run-on-cpu {','.join(nodes)}: {exc}",
-                      EXIT_BAD_INPUT) from None
+        raise Failure(f"--apply: cannot compile {models.quant_path.name} with --run-on-cpu {','.join(nodes)} "
+                      f"and float model {models.float_path.name}: {exc}", EXIT_BAD_INPUT) from None
     save(program, out)
     from qverify.simulator import load
 

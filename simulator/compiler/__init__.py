@@ -1,7 +1,7 @@
 """Compiler: quantized ONNX (QDQ or QOperator) -> qverify program (model.bin).
 
-``compile_model(source, target=..., input_shapes=..., run_on_cpu=..., preprocess=...)``
-returns the Program protobuf; ``qverify.simulator.modelfile.save`` writes model.bin.
+``compile_model(source, target=..., input_shapes=..., run_on_cpu=..., preprocess=...,
+float_model=...)`` returns the Program protobuf; ``qverify.simulator.modelfile.save`` writes model.bin.
 This is the only part of the simulator that imports onnx.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import onnx
 from qverify._version import __version__
 from qverify.simulator import fixedpoint, targets
 from qverify.simulator.compiler import (
+    float_island,
     lower_elementwise,
     lower_linear,
     lower_movement,
@@ -146,9 +147,11 @@ def _lower_quantize(ctx: Lowering, graph: Graph, node: onnx.NodeProto) -> None:
         ctx.add_tensor(out, np.int8, ctx.shape(out), s, z, onnx_float_name=node.input[0], onnx_dtype=elem)
         # The CPU passes the float through (Identity); the executor quantizes CPU outputs
         # declared int8, which is exactly QuantizeLinear.
-        ctx.emit("Identity", node, [value.name], [out], attrs={"_opset": graph.opset},
-                 placement=model_pb2.CPU, onnx_op="Identity")
+        emitted = ctx.emit("Identity", node, [value.name], [out], attrs={"_opset": graph.opset},
+                           placement=model_pb2.CPU, onnx_op="Identity")
         ctx.values[out] = QValue(out, s, z)
+        if value.name in ctx.island_outputs:
+            ctx.island_quantizers.append(emitted.name)
     else:
         raise CompileError("QuantizeLinear of a constant is not supported; fold it into an initializer",
                            node=node.name, op=node.op_type)
@@ -156,7 +159,13 @@ def _lower_quantize(ctx: Lowering, graph: Graph, node: onnx.NodeProto) -> None:
 
 def _lower_compute(ctx: Lowering, node: onnx.NodeProto) -> None:
     if node.name in ctx.run_on_cpu:
-        ctx.emit_cpu(node)
+        if ctx.float_source is not None:
+            float_island.emit(ctx, node)
+        else:
+            ctx.emit_cpu(node)
+        return
+    if node.name in ctx.island_producers:
+        float_island.emit_producer(ctx, node)
         return
     if node.domain not in ("", "ai.onnx"):
         raise CompileError(f"op of domain '{node.domain}' is not supported", node=node.name, op=node.op_type)
@@ -178,6 +187,8 @@ def _lower_compute(ctx: Lowering, node: onnx.NodeProto) -> None:
 def _outputs(ctx: Lowering, graph: Graph) -> None:
     for name in graph.outputs:
         value = ctx.values.get(name)
+        if ctx.float_source is not None:
+            value = float_island.graph_output(ctx, name) or value
         if value is None and name in graph.consts:
             raise CompileError(f"output '{name}' is a constant; nothing to run")
         if not isinstance(value, (QValue, FValue)):
@@ -189,11 +200,16 @@ def _outputs(ctx: Lowering, graph: Graph) -> None:
 def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = targets.DEFAULT_TARGET,
                   input_shapes: dict[str, list[int]] | None = None, run_on_cpu: Iterable[str] = (),
                   preprocess: PreprocessSpec | None = None, name: str | None = None,
-                  fuse: bool = True) -> model_pb2.Program:
+                  fuse: bool = True, float_model: str | Path | bytes | onnx.ModelProto | None = None,
+                  float_producers: bool = True) -> model_pb2.Program:
     """Compile a quantized ONNX model to a program; raises CompileError with a hint on bad input.
 
     ``fuse`` merges elementwise int8 subgraphs of one tensor into single lookup tables
     (bit-identical results; the fused intermediates are no longer dumped).
+    ``float_model`` (the float model ``source`` was quantized from) turns the ``run_on_cpu``
+    nodes into float islands (see float_island.py): float weights, float32 between them and
+    from their producers (which ``float_producers`` also puts on the CPU, as quant.onnx
+    computes them). Without it, or with no ``run_on_cpu`` node, the program is as before.
     """
     profile = targets.get_target(target)
     graph = build_graph(source, input_shapes)
@@ -203,7 +219,10 @@ def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = ta
     if unknown:
         raise CompileError(f"--run-on-cpu names node '{unknown[0]}', which is not in the model "
                            "(see the node names with 'qverify info' or Netron)")
-    ctx = Lowering(graph, profile, forced)
+    source_float = float_island.FloatSource(float_model) if float_model is not None else None
+    ctx = Lowering(graph, profile, forced, source_float)
+    if source_float is not None and float_producers:
+        ctx.island_producers = float_island.producers(graph, forced)
     _parse_inputs(ctx, graph)
     for node in graph.nodes:
         if node.op_type == "DequantizeLinear":
@@ -213,6 +232,8 @@ def compile_model(source: str | Path | bytes | onnx.ModelProto, target: str = ta
         else:
             _lower_compute(ctx, node)
     _outputs(ctx, graph)
+    if source_float is not None:
+        float_island.prune_quantizers(ctx)
     program = ctx.program
     program.name = name or (Path(source).stem if isinstance(source, (str, Path)) else graph.model.graph.name)
     program.source_sha256 = graph.source_sha256

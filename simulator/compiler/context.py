@@ -92,10 +92,17 @@ def q_params_from(graph: Graph, node: onnx.NodeProto) -> tuple[np.ndarray, np.nd
 class Lowering:
     """Builds the program while walking the ONNX graph in topological order."""
 
-    def __init__(self, graph: Graph, target: TargetProfile, run_on_cpu: set[str]) -> None:
+    def __init__(self, graph: Graph, target: TargetProfile, run_on_cpu: set[str], float_source=None) -> None:
         self.graph = graph
         self.target = target
         self.run_on_cpu = run_on_cpu
+        # Float island mode (a float model given): run_on_cpu nodes read its weights and pass
+        # float32 between them; see float_island.py.
+        self.float_source = float_source
+        self.island_producers: set[str] = set()  # nodes run on the CPU to hand float32 to island nodes
+        self.island_outputs: set[str] = set()  # float32 tensors written by island nodes and their producers
+        self.island_floats: dict[str, str] = {}  # island output -> its float value (after a folded Relu/Clip)
+        self.island_quantizers: list[str] = []  # program nodes quantizing island outputs (pruned when unread)
         self.values: dict[str, QValue | FValue | QConst] = {}
         self.program = model_pb2.Program(target=target.to_proto())
         self.tensor_infos: dict[str, model_pb2.TensorInfo] = {}
@@ -220,13 +227,21 @@ class Lowering:
         self.emit("Lut", source, [x.name], [out_name], [const], onnx_op="Requantize",
                   name=f"{source.name or out_name}/requant")
 
-    def emit_cpu(self, node: onnx.NodeProto, reason: str = "") -> None:
-        """Run ``node`` in float32 on the board's CPU between dequantize and quantize."""
+    def emit_cpu(self, node: onnx.NodeProto, reason: str = "", read: list[str | None] | None = None,
+                 float_outputs: bool = False) -> None:
+        """Run ``node`` in float32 on the board's CPU between dequantize and quantize.
+
+        ``read`` overrides the program tensor or constant read at an input position (None:
+        the usual one); ``float_outputs`` keeps every output float32 instead of quantizing it.
+        """
         if not registry.has_cpu_kernel(node.op_type) or node.domain not in ("", "ai.onnx"):
             raise CompileError(f"op is not supported on the integer path{reason} and has no CPU kernel; "
                                "remove or replace it before quantizing", node=node.name, op=node.op_type)
         inputs = []
-        for name in node.input:
+        for index, name in enumerate(node.input):
+            if read is not None and read[index] is not None:
+                inputs.append(read[index])
+                continue
             if not name:
                 inputs.append("")
                 continue
@@ -244,7 +259,7 @@ class Lowering:
                 inputs.append(self.add_const(name, array))
         outputs = []
         for out in node.output:
-            q = self.define_q_output(out, "")
+            q = None if float_outputs else self.define_q_output(out, "")
             if q is not None:
                 outputs.append(q.name)
             else:
