@@ -82,6 +82,10 @@ def compile_command(
                                     "model.ov for 'qverify-agent serve --backend openvino'"),
     input_shape: list[str] = typer.Option([], "--input-shape", help="static input shape NAME:1,3,48,192 (repeatable)"),
     run_on_cpu: str = typer.Option("", "--run-on-cpu", help="comma-separated node names to run in float32 on the CPU"),
+    float_model: Optional[Path] = typer.Option(
+        None, "--float-model",
+        help="the float model quant.onnx was quantized from: --run-on-cpu nodes run as float islands (its float "
+             "weights, float32 between them; what 'qverify debug curve' measures)"),
     preprocess: Optional[str] = typer.Option(
         None, "--preprocess",
         help="embed preprocessing: FORMAT:model=rgb|bgr|gray:mean=...:std=...[:input=NAME], FORMAT being what "
@@ -108,15 +112,34 @@ def compile_command(
     if target.startswith("openvino"):  # model.ov: the program + quant.onnx for the openvino backend
         from qverify.agent.backends.openvino_compile import compile_openvino
 
-        if spec is not None or run_on_cpu:
-            raise Failure(f"--target {target}: OpenVINO runs quant.onnx as it is; drop --preprocess and "
-                          "--run-on-cpu", EXIT_BAD_INPUT)
+        if spec is not None or run_on_cpu or float_model:
+            raise Failure(f"--target {target}: OpenVINO runs quant.onnx as it is; drop --preprocess, "
+                          "--run-on-cpu and --float-model", EXIT_BAD_INPUT)
         program = compile_openvino(model, input_shapes=_parse_shapes(input_shape), target=target)
     else:
         program = compile_model(model, target=target, input_shapes=_parse_shapes(input_shape),
-                                run_on_cpu=[n for n in run_on_cpu.split(",") if n], preprocess=spec)
+                                run_on_cpu=[n for n in run_on_cpu.split(",") if n], preprocess=spec,
+                                float_model=_float_model(float_model))
     digest = save(program, output)
     views.print_compile_summary(load(output), output, digest)
+
+
+def _float_model(path: Path | None) -> Path | None:
+    """--float-model: a float ONNX model (recognised by content, not by name)."""
+    if path is None:
+        return None
+    from qverify.client.modelfiles import ModelFileError, is_quantized, load_onnx, sniff
+
+    if not path.is_file():
+        raise Failure(f"--float-model {path}: no such file", EXIT_BAD_INPUT)
+    try:
+        float_onnx = sniff(path) == "onnx" and not is_quantized(load_onnx(path))
+    except ModelFileError:
+        float_onnx = False
+    if not float_onnx:
+        raise Failure(f"--float-model {path}: not a float ONNX model; give the model quant.onnx was quantized from",
+                      EXIT_BAD_INPUT)
+    return path
 
 
 @app.command("verify")

@@ -31,10 +31,13 @@ class Suggestion:
     cosine: float
     nodes: list[str]
 
-    def command(self, quant_path: Path, output: str = "model.bin") -> str:
-        """The compile command that runs the suggested nodes in float on the board's CPU."""
+    def command(self, quant_path: Path, float_path: Path | None = None, output: str = "model.bin") -> str:
+        """The compile command that runs the suggested nodes in float on the board's CPU (with
+        ``float_path``: as float islands, float weights and float32 between them, which is what
+        the curve measured and ``--apply`` compiles)."""
         nodes = ",".join(self.nodes)
-        return (f"qverify compile {shlex.quote(str(quant_path))} --run-on-cpu {shlex.quote(nodes)} "
+        islands = f" --float-model {shlex.quote(str(float_path))}" if float_path is not None else ""
+        return (f"qverify compile {shlex.quote(str(quant_path))} --run-on-cpu {shlex.quote(nodes)}{islands} "
                 f"-o {shlex.quote(output)}")
 
 

@@ -129,7 +129,7 @@ def curve_command(
     result = _sensitivity(runner, "cosine", source)
     curves = curve_mod.curves(result, runner, _progress("cumulative curves: k = 0..N for each ranking"))
     suggestion = curve_mod.suggest(curves[0], target)
-    debug_views.print_curve(result, curves, suggestion, model_set.quant_path)
+    debug_views.print_curve(result, curves, suggestion, model_set.quant_path, model_set.float_path)
     applied = None
     if apply:
         from qverify.client.accuracy.debug_apply import apply_on_board

@@ -36,7 +36,7 @@ def to_dict(float_path: Path, quant_path: Path, result: SensitivityResult, curve
     if suggestion is not None:
         doc["suggestion"] = {"target_cosine": suggestion.target, "reached": suggestion.reached, "k": suggestion.k,
                              "cosine": suggestion.cosine, "nodes": suggestion.nodes,
-                             "command": suggestion.command(quant_path)}
+                             "command": suggestion.command(quant_path, float_path)}
     if applied is not None:
         doc["apply"] = {"board": applied.where, "nodes": applied.nodes, "frames": applied.frames,
                         "before": applied.before, "after": applied.after,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.table import Table
-
 from qverify.client.accuracy.curve import Curve, Suggestion
 from qverify.client.accuracy.debug_apply import ApplyResult
 from qverify.client.accuracy.sensitivity import KINDS, SensitivityResult
 from qverify.client.exec_common import out
+from qverify.client.term_tables import rows_table
 from qverify.client.views import safe_text
 
 
@@ -24,15 +23,19 @@ def _gain(value: float | None) -> str:
 def print_sensitivity(result: SensitivityResult, top: int) -> None:
     """The top ``top`` nodes by node sensitivity, with their weight-only and activation-only figures."""
     m = result.metric
-    table = Table(title=f"most sensitive nodes ({m} of the output vs the float model; all quantized: "
-                        f"{result.baseline[m]:.6g})", title_justify="left")
+    title = f"most sensitive nodes ({m} of the output vs the float model; all quantized: {result.baseline[m]:.6g})"
     # Each kind's value with its improvement over all-quantized (the gain).
-    for column in ("rank", "node", "op", "node float", "gain", "weights float", "gain", "acts float", "gain"):
-        table.add_column(column, overflow="fold")
-    for rank, n in enumerate(result.ranking("node")[:top], start=1):
-        table.add_row(str(rank), safe_text(n.name), n.op,
-                      *[text for k in KINDS for text in (_v(n.values[k]), _gain(n.gains[k]))])
-    out.print(table)
+    heads = ("rank", "node", "op", "node float", "gain", "weights float", "gain", "acts float", "gain")
+    rows = [[str(rank), n.name, n.op, *[text for k in KINDS for text in (_v(n.values[k]), _gain(n.gains[k]))]]
+            for rank, n in enumerate(result.ranking("node")[:top], start=1)]
+
+    def stack(i: int) -> list[str]:
+        r = rows[i]
+        return [f"{r[0]}. {r[1]} ({r[2]})",
+                " · ".join(f"{label} {value} ({gain})" for label, value, gain in
+                           (("node", r[3], r[4]), ("weights", r[5], r[6]), ("acts", r[7], r[8])))]
+
+    rows_table(out, title, heads, rows, names=(1,), stack=stack, right=(0, 3, 4, 5, 6, 7, 8))
     for kind in ("weight", "activation"):
         ranked = result.ranking(kind)[:3]
         if ranked:
@@ -45,7 +48,8 @@ def print_sensitivity(result: SensitivityResult, top: int) -> None:
                   "meaningful ranking", soft_wrap=True)
 
 
-def print_curve(result: SensitivityResult, curves: list[Curve], suggestion: Suggestion, quant_path: Path) -> None:
+def print_curve(result: SensitivityResult, curves: list[Curve], suggestion: Suggestion, quant_path: Path,
+                float_path: Path | None = None) -> None:
     """Each curve's k = 0, the first k reaching the target and k = N; then the suggestion."""
     print_sensitivity(result, 5)
     for c in curves:
@@ -65,7 +69,7 @@ def print_curve(result: SensitivityResult, curves: list[Curve], suggestion: Sugg
     else:
         out.print(f"cosine {suggestion.target:g} is not reachable; the best is k = {suggestion.k} "
                   f"(cosine {suggestion.cosine:.6f}):", soft_wrap=True)
-    out.print(safe_text(suggestion.command(quant_path), None), soft_wrap=True, markup=False)
+    out.print(safe_text(suggestion.command(quant_path, float_path), None), soft_wrap=True, markup=False)
 
 
 def print_apply(applied: ApplyResult) -> None:
