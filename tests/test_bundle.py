@@ -17,20 +17,13 @@ import numpy as np
 import pytest
 
 from qverify.client import bundle as bundle_mod
+from cli_runner import run_qverify as qv
 from qverify.client import cli
 from qverify.client.boards import BoardOptions
 from qverify.simulator.modelfile import save
 
 KEY = "ppocr_cls"
 FAULT = "bitflip:Conv@5"
-
-
-def qv(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "Traceback" not in out
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

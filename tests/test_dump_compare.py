@@ -17,20 +17,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from cli_runner import run_qverify as qv
 from qverify.client import cli
 from qverify.client.dump_compare import compare_folders, read_folder
 from qverify.simulator.modelfile import save
 
 KEY = "ppocr_cls"
 FAULTY_NODE = "Conv@5"  # bitflip: bit 6 of every 97th element of its output
-
-
-def qv(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "Traceback" not in out
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

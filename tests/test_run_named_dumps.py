@@ -11,19 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qverify.client import cli
+from cli_runner import run_qverify as qv
 from qverify.simulator import Simulator
 from qverify.simulator.modelfile import save
 
 KEY = "ppocr_cls"
-
-
-def qv(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "Traceback" not in out
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
