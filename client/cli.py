@@ -294,7 +294,9 @@ def demo_command(
     from qverify.client.verify import verify
 
     pngs = write_images(model, workdir, images)
-    views.progress_line(f"qverify -m {result.quant_onnx.name},{result.model_bin.name} -r -i {pngs[0].parent.name}/*.png "
+    first = f"{pngs[0].parent.name}/{pngs[0].name}"
+    more = f" ... ({len(pngs)} images, one -i each)" if len(pngs) > 1 else ""
+    views.progress_line(f"qverify -m {result.quant_onnx.name},{result.model_bin.name} -r -i {first}{more} "
                         "(embedded emulated board)")
     verdict = verify([result.quant_onnx, result.model_bin], inputs=[str(p) for p in pngs], dump_all=True,
                      progress=views.progress_line)
