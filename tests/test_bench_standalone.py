@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 TESTS = REPO / "tests"
@@ -65,3 +67,18 @@ def test_sensitivity_bench_runs_without_pytest_and_tests(tmp_path: Path):
     report, help_text = run_without_pytest(BENCH / "sensitivity.py", tmp_path)
     assert report == {"code": 0, "from_tests": []}
     assert "--jobs" in help_text and "--models" in help_text
+
+
+BENCH_SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if "__main__" in p.read_text())
+
+
+@pytest.mark.parametrize("script", BENCH_SCRIPTS)
+def test_every_bench_starts_without_pytest_and_tests(script: str, tmp_path: Path):
+    report, help_text = run_without_pytest(BENCH / script, tmp_path)
+    assert report == {"code": 0, "from_tests": []}
+    assert "usage:" in help_text
+
+
+def test_every_bench_prints_a_ratio_line():
+    for script in BENCH_SCRIPTS:
+        assert "ratio" in (BENCH / script).read_text(), f"bench/{script} prints no ratio line"
