@@ -13,7 +13,8 @@ outputs only). ``run_farm`` runs in this process; a first run over all boards pu
 model everywhere, so every measured run finds it on the boards, like a nightly run.
 
 Prints, per N: wall(N) (median over --repeats), the ideal wall(1) / N, their ratio
-(target <= 1.2 up to 8 boards), the boards' own floor (pairs / N x delay), and the host
+(target <= 1.2 up to 8 boards), the boards' own floor (pairs / N x board runs per pair x delay: every
+layer compared means a dumping run and a plain run per pair), and the host
 CPU the run used (this process: onnxruntime, simulator, comparison, gRPC), as seconds
 and as a share of all cores. With --profile, the largest N runs once more under cProfile
 (every farm thread) and the functions taking the most time are listed.
@@ -207,6 +208,7 @@ def main() -> int:
         finally:
             stop_agents(procs)
 
+    runs = 2 if args.dump_all else 1  # board runs per pair: with every layer, a dumping run and a plain run
     base = rows[counts[0]][0] * counts[0]  # wall(1), or what the smallest N implies for one board
     print(f"\nfarm scaling: {args.pairs} pairs, board delay {args.delay_ms} ms per run, "
           f"{'every layer' if args.dump_all else 'outputs only'}, median of {args.repeats}, {cores} host cores")
@@ -214,10 +216,10 @@ def main() -> int:
           f"{'host CPU s':>10} {'CPU use':>7}")
     for n, (wall, cpu, job_s) in rows.items():
         ideal = base / n
-        floor = args.pairs / n * args.delay_ms / 1000
+        floor = args.pairs / n * runs * args.delay_ms / 1000
         print(f"{n:>6} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>6.2f} {floor:>8.2f} {job_s:>6.2f} "
               f"{cpu:>10.2f} {cpu / (wall * cores):>6.0%}")
-    print("ratio = wall(N) / (wall(1) / N), target <= 1.2; floor = the boards' own time (pairs / N x delay); "
+    print("ratio = wall(N) / (wall(1) / N), target <= 1.2; floor = the boards' own time (pairs / N x runs x delay); "
           "job s = mean seconds per pair; CPU use = host CPU / (wall x cores)")
     if profile:
         print(f"\nprofile of one run with {max(counts)} boards (all farm threads, by own time):\n{profile}")

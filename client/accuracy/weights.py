@@ -8,6 +8,9 @@ whose channels span very different ranges and int8 codes that use little of thei
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +90,47 @@ def _weights(model) -> list[tuple[str, str, np.ndarray, np.ndarray | None, np.nd
     return found
 
 
+_CACHE: OrderedDict[tuple[str, int, int], list[LayerDistribution]] = OrderedDict()
+_CACHE_SIZE = 8
+_GUARD = threading.Lock()
+_KEY_LOCKS: dict[tuple[str, int, int], threading.Lock] = {}
+
+
+def _fresh(dists: list[LayerDistribution]) -> list[LayerDistribution]:
+    """Copies a caller may change without touching the cache (every list field copied; its items are immutable)."""
+    return [dataclasses.replace(d, **{f.name: list(getattr(d, f.name)) for f in dataclasses.fields(d)
+                                      if isinstance(getattr(d, f.name), list)}) for d in dists]
+
+
 def weight_distributions(onnx_path: Path) -> list[LayerDistribution]:
+    """Per-output-channel ranges of every weight of ``onnx_path`` (see :func:`_weight_distributions`).
+
+    A function of the file's content, so computed once per file (keyed by path, size and
+    modification time; a farm verifies the same model on many boards) and copied per call."""
+    path = Path(onnx_path)
+    try:
+        st = path.stat()
+    except OSError:
+        return _weight_distributions(path)  # its one-line error
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _GUARD:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:  # concurrent callers of one file wait for the first instead of computing it again
+        with _GUARD:
+            cached = _CACHE.get(key)
+            if cached is not None:
+                _CACHE.move_to_end(key)
+        if cached is None:
+            cached = _weight_distributions(path)
+            with _GUARD:
+                _CACHE[key] = cached
+                while len(_CACHE) > _CACHE_SIZE:
+                    old, _ = _CACHE.popitem(last=False)
+                    _KEY_LOCKS.pop(old, None)
+    return _fresh(cached)
+
+
+def _weight_distributions(onnx_path: Path) -> list[LayerDistribution]:
     """Per-output-channel ranges of every Conv/ConvTranspose/Gemm/MatMul weight of a quant.onnx (QDQ or
     QOperator) or a float model, in graph order. Flags: a per-tensor-quantized (or float) weight whose
     channels span very different ranges (the per-channel candidate), and int8 codes using little of
