@@ -82,6 +82,9 @@ class VerifyOptions(BoardSettings):
     isolate: str = "auto"
     core: int | None = None  # NPU core of every board run (hrt_model_exec's core_id); None: any free core
     min_float_cosine: float = DEFAULT_MIN_FLOAT_COSINE  # float vs quant.onnx outputs: below it, a warning
+    # With dump_all and a board: per-layer histograms, channel ranges and saturation counts
+    # (host CPU per frame; farm jobs leave them off unless an entry asks).
+    distributions: bool = True
 
 
 def verify(models: Sequence[str | Path] | str, board: str | None = None, *, progress: Progress | None = None,
@@ -336,7 +339,7 @@ class Verification(FrameRuns):
         float_side, float_comparer = self._float_comparer(sides, program)
         float_broken = ""
         collector = None
-        if self.o.dump_all and any(s.kind == "board" for s in sides):
+        if self.o.dump_all and self.o.distributions and any(s.kind == "board" for s in sides):
             from qverify.client.accuracy.distributions import DistributionCollector
 
             collector = DistributionCollector()

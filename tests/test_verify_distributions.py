@@ -80,6 +80,9 @@ def test_weights_of_quant_onnx_are_added_and_a_plain_verify_collects_nothing(det
     assert all(len(w.channel_min) > 0 for w in weights)
     plain = verify([det["quant"], det["bin"]], inputs=[str(det["inputs"][0])])
     assert plain.distributions == []
+    # Asked not to (a farm job's default), -r compares every layer and collects nothing.
+    off = verify([det["quant"], det["bin"]], dump_all=True, distributions=False, inputs=[str(det["inputs"][0])])
+    assert off.passed and off.distributions == [] and len(off.pairs[0].tensors) > 1
 
 
 @pytest.mark.slow

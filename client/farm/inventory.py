@@ -111,6 +111,8 @@ class ModelEntry(_Table):
     seed: int = Field(0, description="an integer")
     digits: int = Field(5, ge=0, le=12, description="an integer 0..12")
     dump_all: bool = Field(False, description="true or false")
+    distributions: bool = Field(False, description="true or false (with dump_all: per-layer histograms, channel "
+                                                   "ranges and saturation in the job's report; host CPU per job)")
     labels: dict[str, str] = _Labels
     max_lsb: int = Field(16, ge=0, description="an integer >= 0")
     min_cosine: float = Field(0.999, ge=-1, le=1, description="a number -1..1")

@@ -210,7 +210,8 @@ class FarmRun:
                        inputs=model.input_files(), seed=model.seed, dump_all=model.dump_all, ort_opt=model.ort_opt,
                        tolerances=Tolerances(digits=model.digits, max_lsb=model.max_lsb, min_cosine=model.min_cosine,
                                              min_layer_cosine=model.min_layer_cosine),
-                       host_cache=self.host_cache, min_float_cosine=model.min_float_cosine)
+                       host_cache=self.host_cache, min_float_cosine=model.min_float_cosine,
+                       distributions=model.distributions)
         result, error, attempts = self._retrying(lambda: qverify.verify(files, host, **options))
         # A board that stops answering in the middle of a run may have crashed (its fault) or
         # lost the network (the lab's): run again; dying every time is the board's answer.
