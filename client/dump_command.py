@@ -15,8 +15,13 @@ import typer
 
 from qverify.client.errors import EXIT_BAD_INPUT, Failure
 
+# The dump-folder options `qverify run` shares.
 DumpNamesArg = Annotated[Optional[str], typer.Option(
     "--dump", help="comma-separated tensor names: dump these only (default: every tensor)")]
+SeedArg = Annotated[int, typer.Option("--seed", help="seed of the random inputs")]
+ForceArg = Annotated[bool, typer.Option("--force", help="replace the content of a non-empty OUTDIR")]
+DumpFormatArg = Annotated[str, typer.Option("--dump-format", help="npy, bin (raw little-endian) or txt")]
+DumpPrecisionArg = Annotated[int, typer.Option("--dump-precision", min=0, max=20, help="txt: decimals of float values")]
 
 
 def parse_names(text: str | None) -> list[str] | None:
@@ -34,14 +39,13 @@ def dump_command(
     input_files: Annotated[list[str], typer.Option(
         "-i", "--input", help="image (with --inputs-like), .npy, .npz or raw .bin; NAME:FILE for multi-input "
                               "models; repeat for more input sets. Default: seeded random inputs")] = [],  # noqa: B006
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random inputs")] = 0,
+    seed: SeedArg = 0,
     outdir: Annotated[Path, typer.Option("-o", "--output-dir", help="folder for the tensors and manifest.json")]
     = Path("qverify-dump"),
-    force: Annotated[bool, typer.Option("--force", help="replace the content of a non-empty OUTDIR")] = False,
+    force: ForceArg = False,
     dump_names: DumpNamesArg = None,
-    dump_format: Annotated[str, typer.Option("--dump-format", help="npy, bin (raw little-endian) or txt")] = "npy",
-    dump_precision: Annotated[int, typer.Option("--dump-precision", min=0, max=20,
-                                                help="txt: decimals of float values")] = 6,
+    dump_format: DumpFormatArg = "npy",
+    dump_precision: DumpPrecisionArg = 6,
     inputs_like: Annotated[Optional[Path], typer.Option(
         "--inputs-like", help="model.bin compiled from this model: take the inputs as it does (images through "
                               "its embedded preprocessing, random inputs over its input range)")] = None,

@@ -134,4 +134,40 @@ def failed_reference(float_label: str, quant_label: str, integer_label: str, min
                           message=message, output_cosine=float("nan"))
 
 
-__all__ = ["DEFAULT_MIN_FLOAT_COSINE", "FloatComparer", "FloatSide", "failed_reference", "OK", "WARNING"]
+class FloatRun:
+    """The float side of one verification: runs the float model on each frame (through the
+    farm's host cache when there is one), compares it with the other sides, and gives the
+    :class:`FloatReference` at the end; a float model that cannot run is a warning."""
+
+    def __init__(self, side: FloatSide, comparer: FloatComparer, dump_all: bool, host_cache=None,
+                 cache_key: tuple = ()) -> None:
+        self.side, self.comparer, self.dump_all = side, comparer, dump_all
+        self.host_cache, self.cache_key = host_cache, cache_key
+        self.broken = ""  # why the float model could not run ('' while it runs)
+
+    def add_frame(self, frame, number: int, outputs: dict[str, SideOutput]) -> None:
+        from qverify.client.sides import SideError
+
+        if self.broken:
+            return
+        try:
+            if self.host_cache is None:
+                floats = self.side.run(frame, self.dump_all)
+            else:
+                floats = self.host_cache.get((*self.cache_key, number),
+                                             lambda: self.side.run(frame, self.dump_all))
+        except SideError as exc:
+            self.broken = str(exc)
+            return
+        self.comparer.add_frame(floats, outputs, self.dump_all)
+
+    def finish(self, pairs: list[PairResult], board_loss: bool) -> FloatReference:
+        ref = self.comparer.finish(pairs, board_loss)
+        if self.broken:
+            return failed_reference(ref.float_label, ref.quant_label, ref.integer_label, ref.min_float_cosine,
+                                    self.broken)
+        return ref
+
+
+__all__ = ["DEFAULT_MIN_FLOAT_COSINE", "FloatComparer", "FloatRun", "FloatSide", "failed_reference", "OK",
+           "WARNING"]

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from qverify.client.board_options import BoardArg, with_board_settings
 from qverify.client.boards import BoardSettings
+from qverify.client.dump_command import DumpFormatArg, DumpPrecisionArg, ForceArg, SeedArg, parse_names
 from qverify.client.errors import EXIT_BAD_INPUT, Failure
 from qverify.client.exec_common import (CoreArg, ModelArg, check_core, dist_ms, load_model_bin,
                                         ms_text, out, say, shape_text, size_text, where_text)
@@ -34,17 +35,16 @@ def run_command(
     model: ModelArg,
     board: BoardArg = None,
     input_files: InputArg = [],  # noqa: B006 (typer reads the default)
-    seed: Annotated[int, typer.Option("--seed", help="seed of the random inputs")] = 0,
+    seed: SeedArg = 0,
     outdir: Annotated[Path, typer.Option("-o", "--output-dir", help="folder for the tensors and manifest.json")]
     = Path("qverify-run"),
-    force: Annotated[bool, typer.Option("--force", help="replace the content of a non-empty OUTDIR")] = False,
+    force: ForceArg = False,
     dump_all: Annotated[bool, typer.Option("-r", "--dump-all-nodes", help="save every layer's output, not only "
                                                                           "the model outputs")] = False,
     dump_layout: Annotated[str, typer.Option("--dump-layout", help="valid (logical tensor), aligned (native "
                                                                    "buffer, padding included) or both")] = "valid",
-    dump_format: Annotated[str, typer.Option("--dump-format", help="npy, bin (raw little-endian) or txt")] = "npy",
-    dump_precision: Annotated[int, typer.Option("--dump-precision", min=0, max=20,
-                                                help="txt: decimals of float values")] = 6,
+    dump_format: DumpFormatArg = "npy",
+    dump_precision: DumpPrecisionArg = 6,
     dump_txt_axis: Annotated[Optional[int], typer.Option(
         "--dump-txt-axis", help="txt: one line per index along this axis (negative counts from the end); "
                                 "tensors without that axis get one value per line")] = None,
@@ -65,7 +65,6 @@ def run_command(
     from qverify.client import dumpfiles
     from qverify.client import inputs as inputs_mod
     from qverify.client.boards import ensure_model, open_board
-    from qverify.client.dump_command import parse_names
 
     names = parse_names(dump_names)
     if names is not None and dump_all:

@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 from qverify.client import inputs as inputs_mod
 from qverify.client.agent_client import AgentError
 from qverify.client.boards import BoardSettings, ensure_model, open_board
-from qverify.client.float_reference import DEFAULT_MIN_FLOAT_COSINE, FloatComparer, FloatSide, failed_reference
+from qverify.client.float_reference import DEFAULT_MIN_FLOAT_COSINE, FloatComparer, FloatRun, FloatSide
 from qverify.client.modelfiles import (
     ModelFileError, board_runtime, classify, float_pairing_problem, load_onnx, pairing_problem,
 )
@@ -51,7 +51,7 @@ from qverify.client.results import (
     DECIDED_BY_OUTPUTS, DECIDED_BY_TWIN, FAILED, MISMATCHED, PLAIN_LABEL, InputInfo, PairResult, SideInfo,
     Tolerances, VerifyResult,
 )
-from qverify.client.sides import BoardSide, HostCache, OnnxSide, SideError, SimulatorSide, SideOutput
+from qverify.client.sides import BoardSide, HostCache, OnnxSide, SimulatorSide, SideOutput
 from qverify.client.verdict import BoardRunChecker, PairComparer, lookup_anchors
 from qverify.client.verify_isolation import IsolationPass, decide
 from qverify.client.verify_runs import (  # noqa: F401  (re-exported)
@@ -203,29 +203,17 @@ class Verification(FrameRuns):
                                                                        "onnxruntime": _ort_version()}))
         return bool(problem)
 
-    def _float_comparer(self, sides: list, program) -> tuple[FloatSide, FloatComparer] | tuple[None, None]:
+    def _float_run(self, sides: list, program) -> FloatRun | None:
         by_kind = {s.kind: s for s in sides}
         if self.files.float is None or "onnx" not in by_kind:
-            return None, None
+            return None
         integer = by_kind.get("board") or by_kind.get("simulator")
-        return (FloatSide(self.files.float, program, self.o.ort_opt),
-                FloatComparer(self.files.float.name, by_kind["onnx"].label, integer.label if integer else "", program,
-                              self.o.min_float_cosine, self.o.tolerances.digits))
-
-    def _float_frame(self, side: FloatSide, comparer: FloatComparer, frame, number: int,
-                     outputs: dict[str, SideOutput]) -> str:
-        """Run the float model on one frame and compare; returns why it could not run ('' when it ran)."""
-        try:
-            if self.o.host_cache is None:
-                floats = side.run(frame, self.o.dump_all)
-            else:
-                key = ("float", _sha(self.files.float), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed,
-                       number, self.o.dump_all, self.o.ort_opt)
-                floats = self.o.host_cache.get(key, lambda: side.run(frame, self.o.dump_all))
-        except SideError as exc:
-            return str(exc)
-        comparer.add_frame(floats, outputs, self.o.dump_all)
-        return ""
+        comparer = FloatComparer(self.files.float.name, by_kind["onnx"].label, integer.label if integer else "",
+                                 program, self.o.min_float_cosine, self.o.tolerances.digits)
+        key = ("float", _sha(self.files.float), _sha(self.files.bin), tuple(self.o.inputs), self.o.seed,
+               self.o.dump_all, self.o.ort_opt)
+        return FloatRun(FloatSide(self.files.float, program, self.o.ort_opt), comparer, self.o.dump_all,
+                        self.o.host_cache, key)
 
     def _runtime_plan(self, runtime: str, with_onnx: bool) -> bool:
         """Sides for a board running a runtime's own model (model.ov): quant.onnx and the board, never the
@@ -336,8 +324,7 @@ class Verification(FrameRuns):
         onnx_board = next(((a, b) for a, b, c in pairs if a.kind == "onnx" and b.kind == "board"), None)
         twin = any(c == "bit-exact" for _, _, c in pairs)
         isolation = None
-        float_side, float_comparer = self._float_comparer(sides, program)
-        float_broken = ""
+        float_run = self._float_run(sides, program)
         collector = None
         if self.o.dump_all and self.o.distributions and any(s.kind == "board" for s in sides):
             from qverify.client.accuracy.distributions import DistributionCollector
@@ -352,8 +339,8 @@ class Verification(FrameRuns):
                          f"{board_work}")
                 outputs, runs = self._run_sides(pool, sides, frame, broken, program, number)
                 self._compare_frame(outputs, sides, pairs, comparers, frame_us, program, collector)
-                if float_comparer is not None and not float_broken:
-                    float_broken = self._float_frame(float_side, float_comparer, frame, number, outputs)
+                if float_run is not None:
+                    float_run.add_frame(frame, number, outputs)
                 if runs is None:
                     continue
                 checker.add_frame(number, runs.main if runs.main_dumps else None,
@@ -381,14 +368,10 @@ class Verification(FrameRuns):
         self._latency(frame_us)
         if collector is not None:
             self._distributions(collector)
-        if float_comparer is not None:
+        if float_run is not None:
             board_loss = bool(self.result.board_findings) or not all(
                 p.passed for p in self.result.pairs + self.result.plain_pairs)
-            ref = float_comparer.finish(self.result.pairs, board_loss)
-            if float_broken:
-                ref = failed_reference(ref.float_label, ref.quant_label, ref.integer_label, ref.min_float_cosine,
-                                       float_broken)
-            self.result.float_reference = ref
+            self.result.float_reference = float_run.finish(self.result.pairs, board_loss)
 
     def _distributions(self, collector) -> None:
         """-r: the board's per-layer distributions, then quant.onnx's weights (when given)."""
