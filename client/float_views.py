@@ -13,6 +13,8 @@ from qverify.client.float_results import OK, FloatLayer, FloatReference
 from qverify.client.report_text import name_html
 from qverify.client.term_tables import rows_table
 
+FLAGGED_LINES = 8  # layers the distributions point out, one line each, before "N more"
+
 _TRIAGE_WORDS = {"": "", "quant": "quant", "board": "board", "both": "both"}
 
 
@@ -129,3 +131,30 @@ def print_counts_table(console: Console, counts: dict[str, dict[str, str]]) -> N
 
     rows_table(console, "board: saturation and accumulator overflow per layer", ("tensor", *keys), rows,
                names=(0,), stack=stack, right=tuple(range(1, len(keys) + 1)))
+
+
+def print_layer_tables(console: Console, result, top: int, literal) -> None:
+    """The float reference's per-layer table (sat/ovf columns from the distributions when non-zero),
+    or without one the layers that saturate or overflow (the worst ``top``), then one line per
+    layer the distributions point out (at most FLAGGED_LINES; all of them are in --html/--json)."""
+    from qverify.client.accuracy.distributions import SATURATION_FLAG
+
+    dists = [d for d in result.distributions if not isinstance(d, dict)]
+    counts = distribution_columns(dists)
+    if result.float_reference is not None:
+        print_float_table(console, result.float_reference, counts, top)
+    elif counts:
+        worst = sorted((d for d in dists if d.name in counts), key=lambda d: (-d.acc_overflow, -d.saturation_fraction))
+        print_counts_table(console, {d.name: counts[d.name] for d in worst[:top]})
+        if len(worst) > top:
+            console.print(f"… {len(worst) - top} more layers saturate or overflow (all of them are in --html and "
+                          "--json)", soft_wrap=True)
+    # Saturating and overflowing layers first (they lose values now), then the others in graph order.
+    flagged = sorted((d for d in dists if d.flags), key=lambda d: (
+        -bool(d.acc_overflow), -(d.saturation_fraction if d.saturation_fraction > SATURATION_FLAG else 0.0)))
+    for d in flagged[:FLAGGED_LINES]:  # one line per layer: its pointers joined
+        console.print(f"[yellow]{literal(d.kind)} {literal(d.name)}: {literal('; '.join(d.flags))}[/yellow]",
+                      soft_wrap=True)
+    if len(flagged) > FLAGGED_LINES:
+        console.print(f"[yellow]… {len(flagged) - FLAGGED_LINES} more layers pointed out (all of them are in --html "
+                      "and --json)[/yellow]", soft_wrap=True)

@@ -17,7 +17,6 @@ _err = Console(stderr=True, highlight=False)
 NAME_LIMIT = 200      # characters of one name shown in a table cell
 SHAPE_LIMIT = 8       # dimensions shown before a shape is summarised
 INFO_LAYER_ROWS = 200  # layers listed by `qverify info` (--json has them all)
-FLAGGED_LINES = 8  # layers the distributions point out, one line each, before "N more"
 
 
 def safe_text(value: object, limit: int | None = NAME_LIMIT) -> str:
@@ -236,7 +235,9 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
         if pair.layers and len(pair.layers) > len(worst):
             _console.print(f"[dim]{len(pair.layers)} layers compared, the {len(worst)} least agreeing shown; "
                            "--html plots them all along the network[/dim]")
-    _print_float_reference_table(result, top)
+    from qverify.client.float_views import print_layer_tables
+
+    print_layer_tables(_console, result, top, _literal)
     if result.latency_failure:
         _console.print(f"[red]{_literal(result.latency_failure)}[/red]")
     fd = result.first_divergent
@@ -261,34 +262,6 @@ def print_verify(result, top: int = 8, findings: int = 10) -> None:
         from qverify.client.float_views import print_float_verdict
 
         print_float_verdict(_console, result.float_reference, _literal)
-
-
-def _print_float_reference_table(result, top: int) -> None:
-    """The float reference's per-layer table (sat/ovf columns from the distributions when non-zero),
-    or without one the layers that saturate or overflow (the worst ``top``), then one line per
-    layer the distributions point out (at most FLAGGED_LINES; all of them are in --html/--json)."""
-    from qverify.client import float_views
-    from qverify.client.accuracy.distributions import SATURATION_FLAG
-
-    dists = [d for d in result.distributions if not isinstance(d, dict)]
-    counts = float_views.distribution_columns(dists)
-    if result.float_reference is not None:
-        float_views.print_float_table(_console, result.float_reference, counts, top)
-    elif counts:
-        worst = sorted((d for d in dists if d.name in counts), key=lambda d: (-d.acc_overflow, -d.saturation_fraction))
-        float_views.print_counts_table(_console, {d.name: counts[d.name] for d in worst[:top]})
-        if len(worst) > top:
-            _console.print(f"… {len(worst) - top} more layers saturate or overflow (all of them are in --html and "
-                           "--json)", soft_wrap=True)
-    # Saturating and overflowing layers first (they lose values now), then the others in graph order.
-    flagged = sorted((d for d in dists if d.flags), key=lambda d: (
-        -bool(d.acc_overflow), -(d.saturation_fraction if d.saturation_fraction > SATURATION_FLAG else 0.0)))
-    for d in flagged[:FLAGGED_LINES]:  # one line per layer: its pointers joined
-        _console.print(f"[yellow]{_literal(d.kind)} {_literal(d.name)}: {_literal('; '.join(d.flags))}[/yellow]",
-                       soft_wrap=True)
-    if len(flagged) > FLAGGED_LINES:
-        _console.print(f"[yellow]… {len(flagged) - FLAGGED_LINES} more layers pointed out (all of them are in --html "
-                       "and --json)[/yellow]", soft_wrap=True)
 
 
 def _print_isolation(pair) -> None:
