@@ -13,7 +13,8 @@ from rich.console import Console
 
 import qverify
 from qverify.client.farm import history as farm_history
-from qverify.client.farm.history import History, render_report, render_report_html, report_json
+from qverify.client.farm.history import History
+from qverify.client.farm.history_report import render_report, render_report_html, report_json
 from qverify.client.farm.inventory import InventoryError, json_schema, load_inventory
 from qverify.client.farm.outcomes import CONSISTENT, BoardStatus, FarmResult, JobResult
 from qverify.client.farm.runner import FarmRun

@@ -13,7 +13,8 @@ import pytest
 from rich.console import Console
 
 from qverify.client.farm import history as farm_history
-from qverify.client.farm.history import History, default_db_path, parse_since, render_report, report_json
+from qverify.client.farm.history import History, default_db_path, parse_since
+from qverify.client.farm.history_report import render_report, report_json
 from qverify.client.farm.outcomes import (CONSISTENT, INCONSISTENT, INFRA, BoardStatus, FarmResult, JobResult, Latency,
                                        Regression)
 

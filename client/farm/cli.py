@@ -170,8 +170,8 @@ def report_command(
     import json
 
     from qverify.client.errors import EXIT_BAD_INPUT, Failure
-    from qverify.client.farm.history import (History, default_db_path, parse_since, render_report,
-                                             render_report_html, report_json)
+    from qverify.client.farm.history import History, default_db_path, parse_since
+    from qverify.client.farm.history_report import render_report, render_report_html, report_json
 
     try:
         start = parse_since(since)
